@@ -1,0 +1,29 @@
+//! pgcat: a PostgreSQL connection pooler and proxy.
+//!
+//! # Layout
+//!
+//! - [`proxy`]: the engine.
+//!   - `config/`: PgCat's `pgcat.toml` model, defaults, validation with
+//!     key and line in every error, and the per-pool config hash.
+//!   - `protocol/`: PostgreSQL v3 framing, message builders and the
+//!     request/reply tracker. No IO.
+//!   - `auth/`: md5 and SCRAM-SHA-256, towards clients and towards
+//!     PostgreSQL.
+//!   - `net`: socket options (keepalive, TCP_USER_TIMEOUT, nodelay) and
+//!     their read-back.
+//!   - `listener`: accept loop and graceful drain.
+//!   - `client`: one client session and the forwarding hot path.
+//!   - `server`: one server connection.
+//!   - `pool/`: bb8 pools per (pool, user, shard, server) and server
+//!     selection.
+//!   - `cancel`: per-client cancel keys mapped to server keys.
+//!   - `stats`: counters kept on the pools they describe.
+//! - [`tui`]: the terminal dashboard (not built yet).
+//!
+//! A client's bytes go: `listener` -> `client` (startup, auth) -> `pool`
+//! checkout -> `server`, forwarded both ways by the session's pump, and
+//! back to the pool at the transaction boundary (transaction mode) or at
+//! disconnect (session mode).
+
+pub mod proxy;
+pub mod tui;

@@ -1,0 +1,404 @@
+//! SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL uses it: the server
+//! side that authenticates clients, and the client side that logs in to
+//! PostgreSQL. No channel binding: pgcat does not speak TLS yet, so the
+//! `-PLUS` variant is neither offered nor accepted.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use parking_lot::Mutex;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+pub const MECHANISM: &str = "SCRAM-SHA-256";
+/// PostgreSQL's default iteration count.
+pub const ITERATIONS: u32 = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScramError {
+    #[error("malformed SCRAM message: {0}")]
+    Malformed(&'static str),
+    #[error("channel binding is not supported")]
+    ChannelBinding,
+    #[error("SCRAM nonce mismatch")]
+    Nonce,
+    #[error("SCRAM proof does not match")]
+    BadProof,
+    #[error("server signature does not match")]
+    BadServerSignature,
+    #[error("server rejected SCRAM authentication: {0}")]
+    Rejected(String),
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut out);
+    out
+}
+
+/// PBKDF2 with 4096 rounds costs about a millisecond; PostgreSQL keeps the
+/// same salt for a role, so reconnects reuse the result.
+fn cached_salted_password(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    type Key = (Vec<u8>, Vec<u8>, u32);
+    static CACHE: OnceLock<Mutex<HashMap<Key, [u8; 32]>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (password.to_vec(), salt.to_vec(), iterations);
+    if let Some(v) = cache.lock().get(&key) {
+        return *v;
+    }
+    let v = salted_password(password, salt, iterations);
+    let mut cache = cache.lock();
+    if cache.len() > 1024 {
+        cache.clear();
+    }
+    cache.insert(key, v);
+    v
+}
+
+fn nonce() -> String {
+    let mut raw = [0u8; 18];
+    rand::thread_rng().fill_bytes(&mut raw);
+    B64.encode(raw)
+}
+
+/// What the server stores for a user: enough to verify a proof, not
+/// enough to log in elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScramSecret {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    pub stored_key: [u8; 32],
+    pub server_key: [u8; 32],
+}
+
+impl ScramSecret {
+    /// Derives a secret from a plaintext password with a fresh salt.
+    pub fn from_password(password: &str) -> Self {
+        let mut salt = vec![0u8; 16];
+        rand::thread_rng().fill_bytes(&mut salt);
+        Self::derive(password, salt, ITERATIONS)
+    }
+
+    pub fn derive(password: &str, salt: Vec<u8>, iterations: u32) -> Self {
+        let salted = salted_password(password.as_bytes(), &salt, iterations);
+        let client_key = hmac(&salted, b"Client Key");
+        ScramSecret {
+            iterations,
+            salt,
+            stored_key: sha256(&client_key),
+            server_key: hmac(&salted, b"Server Key"),
+        }
+    }
+
+    /// Parses PostgreSQL's verifier format
+    /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+    pub fn parse(verifier: &str) -> Option<Self> {
+        let rest = verifier.strip_prefix("SCRAM-SHA-256$")?;
+        let (params, keys) = rest.split_once('$')?;
+        let (iterations, salt) = params.split_once(':')?;
+        let (stored, server) = keys.split_once(':')?;
+        Some(ScramSecret {
+            iterations: iterations.parse().ok()?,
+            salt: B64.decode(salt).ok()?,
+            stored_key: B64.decode(stored).ok()?.try_into().ok()?,
+            server_key: B64.decode(server).ok()?.try_into().ok()?,
+        })
+    }
+}
+
+/// Splits `key=value` attributes of a SCRAM message.
+fn attributes(msg: &str) -> impl Iterator<Item = (char, &str)> {
+    msg.split(',').filter_map(|part| {
+        let mut chars = part.chars();
+        let key = chars.next()?;
+        let rest = chars.as_str().strip_prefix('=')?;
+        Some((key, rest))
+    })
+}
+
+/// The server side of one SCRAM exchange.
+#[derive(Debug)]
+pub struct ScramServer {
+    secret: ScramSecret,
+    gs2_header: String,
+    client_first_bare: String,
+    server_first: String,
+    nonce: String,
+}
+
+impl ScramServer {
+    /// Takes the client-first-message; returns the state and the
+    /// server-first-message to send.
+    pub fn start(secret: ScramSecret, client_first: &[u8]) -> Result<(Self, String), ScramError> {
+        let msg = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("utf8"))?;
+        let (flag, rest) = msg
+            .split_once(',')
+            .ok_or(ScramError::Malformed("gs2 header"))?;
+        match flag {
+            "n" | "y" => {}
+            f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
+            _ => return Err(ScramError::Malformed("gs2 flag")),
+        }
+        let (_authzid, bare) = rest
+            .split_once(',')
+            .ok_or(ScramError::Malformed("gs2 header"))?;
+        let gs2_header = msg[..msg.len() - bare.len()].to_string();
+        let client_nonce = attributes(bare)
+            .find(|(k, _)| *k == 'r')
+            .map(|(_, v)| v)
+            .filter(|v| !v.is_empty())
+            .ok_or(ScramError::Malformed("client nonce"))?;
+        let nonce = format!("{client_nonce}{}", self::nonce());
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            B64.encode(&secret.salt),
+            secret.iterations
+        );
+        Ok((
+            ScramServer {
+                secret,
+                gs2_header,
+                client_first_bare: bare.to_string(),
+                server_first: server_first.clone(),
+                nonce,
+            },
+            server_first,
+        ))
+    }
+
+    /// Verifies the client-final-message; returns the server-final-message.
+    pub fn finish(self, client_final: &[u8]) -> Result<String, ScramError> {
+        let msg = std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("utf8"))?;
+        let proof_at = msg
+            .rfind(",p=")
+            .ok_or(ScramError::Malformed("client proof"))?;
+        let without_proof = &msg[..proof_at];
+        let proof = B64
+            .decode(&msg[proof_at + 3..])
+            .map_err(|_| ScramError::Malformed("client proof"))?;
+        let mut binding = None;
+        let mut nonce = None;
+        for (k, v) in attributes(without_proof) {
+            match k {
+                'c' => binding = Some(v),
+                'r' => nonce = Some(v),
+                _ => {}
+            }
+        }
+        let binding = B64
+            .decode(binding.ok_or(ScramError::Malformed("channel binding"))?)
+            .map_err(|_| ScramError::Malformed("channel binding"))?;
+        if binding != self.gs2_header.as_bytes() {
+            return Err(ScramError::ChannelBinding);
+        }
+        if nonce != Some(self.nonce.as_str()) {
+            return Err(ScramError::Nonce);
+        }
+        let auth_message = format!(
+            "{},{},{}",
+            self.client_first_bare, self.server_first, without_proof
+        );
+        let signature = hmac(&self.secret.stored_key, auth_message.as_bytes());
+        if proof.len() != 32 {
+            return Err(ScramError::BadProof);
+        }
+        let mut client_key = [0u8; 32];
+        for i in 0..32 {
+            client_key[i] = proof[i] ^ signature[i];
+        }
+        if sha256(&client_key) != self.secret.stored_key {
+            return Err(ScramError::BadProof);
+        }
+        let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
+        Ok(format!("v={}", B64.encode(server_signature)))
+    }
+}
+
+/// The client side of one SCRAM exchange, used to log in to PostgreSQL.
+#[derive(Debug)]
+pub struct ScramClient {
+    password: String,
+    nonce: String,
+    auth_message: String,
+    salted: [u8; 32],
+}
+
+impl ScramClient {
+    pub fn new(password: &str) -> Self {
+        ScramClient {
+            password: password.to_string(),
+            nonce: nonce(),
+            auth_message: String::new(),
+            salted: [0; 32],
+        }
+    }
+
+    /// The client-first-message. PostgreSQL takes the user name from the
+    /// startup packet, so `n=` stays empty.
+    pub fn client_first(&self) -> String {
+        format!("n,,n=,r={}", self.nonce)
+    }
+
+    /// Takes the server-first-message; returns the client-final-message.
+    pub fn client_final(&mut self, server_first: &[u8]) -> Result<String, ScramError> {
+        let msg = std::str::from_utf8(server_first).map_err(|_| ScramError::Malformed("utf8"))?;
+        let (mut nonce, mut salt, mut iterations) = (None, None, None);
+        for (k, v) in attributes(msg) {
+            match k {
+                'r' => nonce = Some(v),
+                's' => salt = Some(v),
+                'i' => iterations = Some(v),
+                _ => {}
+            }
+        }
+        let nonce = nonce.ok_or(ScramError::Malformed("server nonce"))?;
+        if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
+            return Err(ScramError::Nonce);
+        }
+        let salt = B64
+            .decode(salt.ok_or(ScramError::Malformed("salt"))?)
+            .map_err(|_| ScramError::Malformed("salt"))?;
+        let iterations: u32 = iterations
+            .and_then(|i| i.parse().ok())
+            .filter(|&i| i > 0)
+            .ok_or(ScramError::Malformed("iterations"))?;
+        self.salted = cached_salted_password(self.password.as_bytes(), &salt, iterations);
+        let client_key = hmac(&self.salted, b"Client Key");
+        let stored_key = sha256(&client_key);
+        let without_proof = format!("c=biws,r={nonce}");
+        self.auth_message = format!("n=,r={},{msg},{without_proof}", self.nonce);
+        let signature = hmac(&stored_key, self.auth_message.as_bytes());
+        let mut proof = [0u8; 32];
+        for i in 0..32 {
+            proof[i] = client_key[i] ^ signature[i];
+        }
+        Ok(format!("{without_proof},p={}", B64.encode(proof)))
+    }
+
+    /// Checks the server-final-message, proving the server knew the secret.
+    pub fn verify_server_final(&self, server_final: &[u8]) -> Result<(), ScramError> {
+        let msg = std::str::from_utf8(server_final).map_err(|_| ScramError::Malformed("utf8"))?;
+        for (k, v) in attributes(msg) {
+            match k {
+                'e' => return Err(ScramError::Rejected(v.to_string())),
+                'v' => {
+                    let got = B64
+                        .decode(v)
+                        .map_err(|_| ScramError::Malformed("server signature"))?;
+                    let server_key = hmac(&self.salted, b"Server Key");
+                    let want = hmac(&server_key, self.auth_message.as_bytes());
+                    return if got == want {
+                        Ok(())
+                    } else {
+                        Err(ScramError::BadServerSignature)
+                    };
+                }
+                _ => {}
+            }
+        }
+        Err(ScramError::Malformed("server final"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_and_server_agree() {
+        let secret = ScramSecret::from_password("s3cret");
+        let mut client = ScramClient::new("s3cret");
+        let (server, server_first) =
+            ScramServer::start(secret, client.client_first().as_bytes()).unwrap();
+        let client_final = client.client_final(server_first.as_bytes()).unwrap();
+        let server_final = server.finish(client_final.as_bytes()).unwrap();
+        client.verify_server_final(server_final.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn wrong_password_is_rejected() {
+        let secret = ScramSecret::from_password("right");
+        let mut client = ScramClient::new("wrong");
+        let (server, server_first) =
+            ScramServer::start(secret, client.client_first().as_bytes()).unwrap();
+        let client_final = client.client_final(server_first.as_bytes()).unwrap();
+        assert_eq!(
+            server.finish(client_final.as_bytes()),
+            Err(ScramError::BadProof)
+        );
+    }
+
+    #[test]
+    fn rfc7677_test_vector() {
+        // RFC 7677 section 3: user "user", password "pencil".
+        let secret = ScramSecret::derive(
+            "pencil",
+            B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap(),
+            4096,
+        );
+        let nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+        let server_first = format!("r={nonce},s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096");
+        let server = ScramServer {
+            secret,
+            gs2_header: "n,,".into(),
+            client_first_bare: "n=user,r=rOprNGfwEbeRWgbNEkqO".into(),
+            server_first: server_first.clone(),
+            nonce: nonce.into(),
+        };
+        let client_final =
+            format!("c=biws,r={nonce},p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
+        assert_eq!(
+            server.finish(client_final.as_bytes()).unwrap(),
+            "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+        );
+    }
+
+    #[test]
+    fn postgres_verifier_parses() {
+        let secret = ScramSecret::derive("pw", b"0123456789abcdef".to_vec(), 4096);
+        let verifier = format!(
+            "SCRAM-SHA-256${}:{}${}:{}",
+            secret.iterations,
+            B64.encode(&secret.salt),
+            B64.encode(secret.stored_key),
+            B64.encode(secret.server_key)
+        );
+        assert_eq!(ScramSecret::parse(&verifier), Some(secret));
+        assert_eq!(ScramSecret::parse("md5abc"), None);
+        assert_eq!(ScramSecret::parse("SCRAM-SHA-256$x:y$z:w"), None);
+    }
+
+    #[test]
+    fn malformed_client_messages() {
+        let secret = ScramSecret::from_password("pw");
+        assert!(ScramServer::start(secret.clone(), b"garbage").is_err());
+        assert!(ScramServer::start(secret.clone(), b"n,,n=,r=").is_err());
+        assert_eq!(
+            ScramServer::start(secret.clone(), b"p=tls-server-end-point,,n=,r=abc").unwrap_err(),
+            ScramError::ChannelBinding
+        );
+        let (server, _) = ScramServer::start(secret, b"n,,n=,r=abc").unwrap();
+        assert!(server.finish(b"c=biws,r=abc").is_err());
+    }
+
+    #[test]
+    fn server_rejects_foreign_nonce() {
+        let secret = ScramSecret::from_password("pw");
+        let (server, _) = ScramServer::start(secret, b"n,,n=,r=abc").unwrap();
+        let forged = format!("c=biws,r=abcXYZ,p={}", B64.encode([0u8; 32]));
+        assert_eq!(server.finish(forged.as_bytes()), Err(ScramError::Nonce));
+    }
+}

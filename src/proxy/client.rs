@@ -1,0 +1,1315 @@
+//! One client session: startup -> authentication -> idle <-> holding a
+//! server -> gone.
+//!
+//! While the client holds a server connection, bytes move both ways in
+//! one task (`pump`): reads go into reusable buffers, only 5-byte headers
+//! are parsed (plus the few bodies that matter: statement names in
+//! transaction mode, ReadyForQuery, ParameterStatus), and whole runs of
+//! messages are forwarded with one write. In transaction mode the server
+//! goes back to the pool at the first idle ReadyForQuery that answers
+//! everything the client sent.
+
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use socket2::SockRef;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
+
+use super::auth::{self, ClientAuthError};
+use super::cancel::{CancelTarget, ServerKey};
+use super::config::PoolMode;
+use super::net::SocketSettings;
+use super::pool::{Lookup, PooledServer, UserPool};
+use super::protocol::codec::{client_limit, peek_header, FrameError, HEADER_LEN, MAX_MESSAGE_LEN};
+use super::protocol::messages::{self, read_cstr, Severity, StartupPacket};
+use super::protocol::tracker::{Action, Expect, Synthetic, Tracker};
+use super::server::{quote_literal, tracked_param, Params, Server, ServerError};
+use super::stats::{GaugeGuard, PoolStats};
+use super::wire;
+use super::{buffers, Shared};
+
+/// A client must finish startup and authentication within this time.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes asked of the kernel per read.
+const READ_SIZE: usize = 16 * 1024;
+/// Messages larger than this are forwarded as they arrive instead of
+/// being buffered whole.
+const STREAM_THRESHOLD: usize = 64 * 1024;
+/// Stop reading from one side while this much is waiting to be written
+/// to the other.
+const HIGH_WATER: usize = 256 * 1024;
+/// Bound on pgcat's own queries during cleanup.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Entry point for an accepted connection.
+pub async fn handle(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let config = shared.config.load_full();
+    let socket = SocketSettings::from_general(&config.general);
+    if let Err(e) = socket.apply(SockRef::from(&stream)) {
+        tracing::debug!(%peer, error = %e, "could not set client socket options");
+    }
+    let mut buf = BytesMut::new();
+    let startup = tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        startup(&mut stream, &mut buf, &shared, &socket),
+    )
+    .await;
+    let params = match startup {
+        Ok(Ok(Some(params))) => params,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "client startup failed");
+            return;
+        }
+        Err(_) => {
+            refuse(&mut stream, "08006", "timeout during startup").await;
+            return;
+        }
+    };
+    let user = params
+        .iter()
+        .find(|(k, _)| k == "user")
+        .map(|(_, v)| v.clone());
+    let Some(user) = user.filter(|u| !u.is_empty()) else {
+        refuse(
+            &mut stream,
+            "28000",
+            "no PostgreSQL user name specified in startup packet",
+        )
+        .await;
+        return;
+    };
+    let database = params
+        .iter()
+        .find(|(k, _)| k == "database")
+        .map(|(_, v)| v.clone())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    if params
+        .iter()
+        .any(|(k, v)| k == "replication" && v != "false" && v != "0")
+    {
+        refuse(
+            &mut stream,
+            "08P01",
+            "pgcat does not support replication connections",
+        )
+        .await;
+        return;
+    }
+    if config.general.log_client_connections {
+        tracing::info!(%peer, %user, %database, "client connected");
+    }
+    if database == "pgcat" || database == "pgbouncer" {
+        refuse(
+            &mut stream,
+            "08P01",
+            "the admin console is not available in this version of pgcat",
+        )
+        .await;
+        return;
+    }
+    if shared.is_shutting_down() {
+        refuse(&mut stream, "57P01", "pgcat is shutting down").await;
+        return;
+    }
+    let pool = match shared.pools.load().lookup(&database, &user) {
+        Lookup::Found(p) => p,
+        Lookup::NoDatabase => {
+            refuse(
+                &mut stream,
+                "3D000",
+                &format!("database \"{database}\" does not exist"),
+            )
+            .await;
+            return;
+        }
+        Lookup::NoUser => {
+            refuse(
+                &mut stream,
+                "28000",
+                &format!("role \"{user}\" does not exist"),
+            )
+            .await;
+            return;
+        }
+    };
+    let auth = tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        auth::authenticate_client(&mut stream, &mut buf, &user, &pool.settings.auth),
+    )
+    .await;
+    match auth {
+        Ok(Ok(())) => {}
+        Ok(Err(ClientAuthError::Io(_))) => return,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, %user, %database, error = %e, "client authentication failed");
+            refuse(&mut stream, e.sqlstate(), &e.to_string()).await;
+            return;
+        }
+        Err(_) => {
+            refuse(&mut stream, "08006", "timeout during authentication").await;
+            return;
+        }
+    }
+    let server_params = match pool.server_params().await {
+        Ok(p) => p,
+        Err(e) => {
+            refuse(&mut stream, "08006", &format!("pgcat: {e}")).await;
+            return;
+        }
+    };
+
+    // The client's view of the tracked settings: the server's defaults,
+    // overridden by what the client asked for at startup.
+    let mut client_params = Params::default();
+    for (k, v) in &server_params.0 {
+        if tracked_param(k).is_some() {
+            client_params.set(k, v);
+        }
+    }
+    for (k, v) in &params {
+        if let Some(name) = tracked_param(k) {
+            client_params.set(name, v);
+        }
+    }
+
+    let registration = shared.cancel.register();
+    let mut out = BytesMut::with_capacity(512);
+    messages::auth_ok(&mut out);
+    for (k, v) in &server_params.0 {
+        let v = client_params.get(k).unwrap_or(v);
+        messages::parameter_status(&mut out, k, v);
+    }
+    messages::backend_key_data(&mut out, registration.pid, registration.secret);
+    messages::ready_for_query(&mut out, b'I');
+    if stream.write_all(&out).await.is_err() {
+        return;
+    }
+    PoolStats::add(&pool.stats.client_logins, 1);
+    let counted = pool.clone();
+    let _logged_in = GaugeGuard::new(&counted.stats.clients);
+
+    let mut session = Session {
+        client: stream,
+        cbuf: buf,
+        to_server: BytesMut::new(),
+        to_client: BytesMut::new(),
+        sbuf: BytesMut::new(),
+        tracker: Tracker::new(),
+        client_left: 0,
+        server_left: 0,
+        mode: pool.settings.mode,
+        db: database.clone(),
+        user: user.clone(),
+        pool,
+        params: client_params,
+        statements: HashMap::new(),
+        cancel: registration.target.clone(),
+        shared: shared.clone(),
+        skipping: false,
+        queries: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+    };
+    let end = session.run().await;
+    if config.general.log_client_disconnections {
+        tracing::info!(%peer, %user, %database, reason = ?end, "client disconnected");
+    }
+}
+
+/// Reads the startup packet, answering SSLRequest/GSSENCRequest with `N`
+/// and handling CancelRequest. Returns the startup parameters, or None
+/// when the connection is done.
+async fn startup(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    socket: &SocketSettings,
+) -> io::Result<Option<Vec<(String, String)>>> {
+    loop {
+        let packet = match wire::read_startup(stream, buf).await {
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                refuse(
+                    stream,
+                    "08P01",
+                    &format!(
+                        "invalid startup packet: {}",
+                        e.into_inner().map(|e| e.to_string()).unwrap_or_default()
+                    ),
+                )
+                .await;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        match messages::parse_startup(&packet) {
+            Ok(StartupPacket::SslRequest) | Ok(StartupPacket::GssEncRequest) => {
+                stream.write_all(b"N").await?;
+            }
+            Ok(StartupPacket::Cancel { pid, secret }) => {
+                shared.cancel.cancel(pid, secret, socket).await;
+                return Ok(None);
+            }
+            Ok(StartupPacket::Unsupported(code)) => {
+                refuse(
+                    stream,
+                    "0A000",
+                    &format!(
+                        "unsupported frontend protocol {}.{}: server supports 3.0",
+                        code >> 16,
+                        code & 0xffff
+                    ),
+                )
+                .await;
+                return Ok(None);
+            }
+            Ok(StartupPacket::Startup { minor, params }) => {
+                let unknown: Vec<String> = params
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("_pq_."))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                if minor > 0 || !unknown.is_empty() {
+                    let mut out = BytesMut::new();
+                    messages::negotiate_protocol_version(&mut out, 0, &unknown);
+                    stream.write_all(&out).await?;
+                }
+                return Ok(Some(params));
+            }
+            Err(e) => {
+                refuse(stream, "08P01", &format!("invalid startup packet: {e}")).await;
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Sends a FATAL error and gives up on the connection.
+async fn refuse(stream: &mut TcpStream, code: &str, message: &str) {
+    let mut out = BytesMut::new();
+    auth::refuse(&mut out, code, message);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
+}
+
+/// A statement a client prepared under its own name, as pgcat prepares it
+/// on servers: under a name derived from its text and parameter types, so
+/// every client preparing the same statement shares it on a server.
+#[derive(Debug)]
+struct Prepared {
+    hash: u64,
+    /// The whole Parse message with the server-side name.
+    parse: Bytes,
+}
+
+impl Prepared {
+    fn new(hash: u64, query: &[u8], param_types: &[u8]) -> Self {
+        let mut parse = BytesMut::with_capacity(query.len() + param_types.len() + 32);
+        messages::parse(&mut parse, &statement_name(hash), query, param_types);
+        Prepared {
+            hash,
+            parse: parse.freeze(),
+        }
+    }
+}
+
+/// Identifies a statement by its text and parameter types (the body of a
+/// Parse after the statement name).
+fn statement_hash(text_and_types: &[u8]) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    text_and_types.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn statement_name(hash: u64) -> String {
+    format!("pgcat_{hash:016x}")
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    ClientGone,
+    ClientProtocol(String),
+    ServerFailed(String),
+    NoServer(String),
+    PoolRemoved(String),
+    Shutdown,
+}
+
+/// What stopped the pump.
+#[derive(Debug)]
+enum Outcome {
+    /// Transaction mode: the server can go back to the pool.
+    Released,
+    /// Shutting down and the session-mode client is between transactions.
+    Shutdown,
+    ClientGone,
+    ClientProtocol(FrameErrorOrMalformed),
+    ServerFailed(io::Error),
+}
+
+#[derive(Debug)]
+enum FrameErrorOrMalformed {
+    Frame(FrameError),
+    Malformed(&'static str),
+}
+
+impl std::fmt::Display for FrameErrorOrMalformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameErrorOrMalformed::Frame(e) => write!(f, "{e}"),
+            FrameErrorOrMalformed::Malformed(what) => write!(f, "malformed {what} message"),
+        }
+    }
+}
+
+struct Session {
+    client: TcpStream,
+    /// Bytes read from the client and not yet handled.
+    cbuf: BytesMut,
+    to_server: BytesMut,
+    to_client: BytesMut,
+    /// Bytes read from the server and not yet handled.
+    sbuf: BytesMut,
+    tracker: Tracker,
+    /// Bytes of a large client message still to pass through unread.
+    client_left: usize,
+    /// Same for a large server message.
+    server_left: usize,
+    mode: PoolMode,
+    db: String,
+    user: String,
+    pool: Arc<UserPool>,
+    /// The tracked settings as this client last set or saw them.
+    params: Params,
+    /// Transaction mode: statements by the client's name.
+    statements: HashMap<Vec<u8>, Arc<Prepared>>,
+    cancel: Arc<CancelTarget>,
+    shared: Arc<Shared>,
+    /// After a failed checkout: drop messages up to the next Sync, as
+    /// PostgreSQL does after an error.
+    skipping: bool,
+    /// Counted locally and added to the pool's totals at release.
+    queries: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl Session {
+    async fn run(&mut self) -> SessionEnd {
+        let mut held: Option<PooledServer> = None;
+        let mut shutdown = self.shared.shutdown_rx();
+        loop {
+            if self.cbuf.is_empty() {
+                if held.is_none() && *shutdown.borrow() {
+                    self.fatal("57P01", "pgcat is shutting down").await;
+                    return SessionEnd::Shutdown;
+                }
+                // Idle: hold no buffers while the client is quiet.
+                self.release_buffers();
+                tokio::select! {
+                    r = self.client.readable() => if r.is_err() { return self.end(held, SessionEnd::ClientGone).await },
+                    _ = shutdown.changed(), if held.is_none() => continue,
+                }
+            }
+            if !self.first_message_ready() {
+                if !self.read_client().await {
+                    return self.end(held, SessionEnd::ClientGone).await;
+                }
+                continue;
+            }
+            match peek_header(&self.cbuf, client_limit) {
+                Err(e) => {
+                    let msg = format!("invalid message from client: {e}");
+                    self.fatal("08P01", &msg).await;
+                    return self.end(held, SessionEnd::ClientProtocol(msg)).await;
+                }
+                Ok(Some(h)) if h.tag == b'X' => {
+                    return self.end(held, SessionEnd::ClientGone).await;
+                }
+                _ => {}
+            }
+            if self.skipping {
+                if let Err(e) = self.skip_until_sync().await {
+                    return self.end(held, e).await;
+                }
+                continue;
+            }
+
+            if held.is_none() && self.mode == PoolMode::Transaction && self.prepare_locally() {
+                if self.flush_client().await.is_err() {
+                    return SessionEnd::ClientGone;
+                }
+                continue;
+            }
+
+            let mut server = match held.take() {
+                Some(s) => s,
+                None => match self.checkout().await {
+                    Ok(s) => s,
+                    Err(SessionEnd::NoServer(msg)) => {
+                        // The client may retry: answer this request with
+                        // an error and keep the session.
+                        self.error_response("53300", &msg);
+                        self.skipping = true;
+                        if let Err(e) = self.skip_until_sync().await {
+                            return e;
+                        }
+                        continue;
+                    }
+                    Err(end) => return end,
+                },
+            };
+
+            let active_pool = self.pool.clone();
+            let _active = GaugeGuard::new(&active_pool.stats.clients_active);
+            let started = Instant::now();
+            let outcome = self.pump(&mut server).await;
+            self.flush_counters(started);
+            match outcome {
+                Outcome::Released => {
+                    self.cancel.set(None);
+                    server.last_used = Instant::now();
+                    if server.dirty {
+                        // Reset the client's SETs before anyone else gets
+                        // this server; the client gets its answer first.
+                        let flushed = self.flush_client().await;
+                        self.cleanup(&mut server).await;
+                        drop(server);
+                        if flushed.is_err() {
+                            return SessionEnd::ClientGone;
+                        }
+                    } else {
+                        drop(server);
+                        if self.flush_client().await.is_err() {
+                            return SessionEnd::ClientGone;
+                        }
+                    }
+                }
+                Outcome::ClientGone => {
+                    return self.end(Some(server), SessionEnd::ClientGone).await;
+                }
+                Outcome::Shutdown => {
+                    let _ = self.flush_client().await;
+                    self.fatal("57P01", "pgcat is shutting down").await;
+                    return self.end(Some(server), SessionEnd::Shutdown).await;
+                }
+                Outcome::ClientProtocol(e) => {
+                    let msg = format!("invalid message from client: {e}");
+                    self.fatal("08P01", &msg).await;
+                    return self
+                        .end(Some(server), SessionEnd::ClientProtocol(msg))
+                        .await;
+                }
+                Outcome::ServerFailed(e) => {
+                    server.broken = true;
+                    self.cancel.set(None);
+                    drop(server);
+                    let msg = format!("server connection lost: {e}");
+                    tracing::warn!(db = %self.db, user = %self.user, error = %e, "server connection failed while in use");
+                    let _ = self.flush_client().await;
+                    self.fatal("08006", &msg).await;
+                    return SessionEnd::ServerFailed(msg);
+                }
+            }
+        }
+    }
+
+    /// Transaction mode, no server held: a batch of nothing but Parse
+    /// messages for statements this pool's servers already accepted,
+    /// closed by Sync (what libpq's PQprepare sends), is answered here.
+    /// Besides saving a round trip, this matters to clients that block on
+    /// a prepare while their other sessions hold every server (pgbench
+    /// -M prepared with several clients per thread).
+    fn prepare_locally(&mut self) -> bool {
+        let mut pos = 0;
+        let mut hashes = Vec::new();
+        loop {
+            let Ok(Some(h)) = peek_header(&self.cbuf[pos..], client_limit) else {
+                return false;
+            };
+            if self.cbuf.len() < pos + h.total {
+                return false;
+            }
+            let body = &self.cbuf[pos + HEADER_LEN..pos + h.total];
+            match h.tag {
+                b'P' => {
+                    let Ok((name, rest)) = read_cstr(body, "Parse") else {
+                        return false;
+                    };
+                    if name.is_empty() {
+                        return false;
+                    }
+                    hashes.push((name.to_vec(), statement_hash(rest), rest.to_vec()));
+                }
+                b'S' if pos + h.total == self.cbuf.len() && !hashes.is_empty() => break,
+                _ => return false,
+            }
+            pos += h.total;
+        }
+        {
+            let known = self.pool.known_statements.lock();
+            if !hashes.iter().all(|(_, hash, _)| known.contains(hash)) {
+                return false;
+            }
+        }
+        for (name, hash, rest) in hashes {
+            let Ok((query, types)) = read_cstr(&rest, "Parse") else {
+                return false;
+            };
+            let prepared = Arc::new(Prepared::new(hash, query, types));
+            self.statements.insert(name, prepared);
+            messages::parse_complete(&mut self.to_client);
+        }
+        messages::ready_for_query(&mut self.to_client, b'I');
+        self.cbuf.clear();
+        true
+    }
+
+    /// Gives the IO buffers back to the thread's free list.
+    fn release_buffers(&mut self) {
+        buffers::release(&mut self.cbuf);
+        buffers::release(&mut self.to_server);
+        buffers::release(&mut self.to_client);
+        buffers::release(&mut self.sbuf);
+    }
+
+    /// Whether the buffer holds enough of the first message to act on: all
+    /// of it, or enough of a large message to start streaming it.
+    fn first_message_ready(&self) -> bool {
+        match peek_header(&self.cbuf, client_limit) {
+            Ok(Some(h)) => {
+                self.cbuf.len() >= h.total
+                    || (h.total > STREAM_THRESHOLD
+                        && self.can_stream_client(h.tag)
+                        && self.cbuf.len() >= HEADER_LEN + 64)
+            }
+            Ok(None) => false,
+            // Let the pump report it.
+            Err(_) => true,
+        }
+    }
+
+    /// Reads more from the client; false on EOF or error.
+    async fn read_client(&mut self) -> bool {
+        if self.cbuf.capacity() == 0 {
+            self.cbuf = buffers::take();
+        } else if self.cbuf.capacity() - self.cbuf.len() < READ_SIZE / 4 {
+            self.cbuf.reserve(READ_SIZE);
+        }
+        use tokio::io::AsyncReadExt;
+        match self.client.read_buf(&mut self.cbuf).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.bytes_in += n as u64;
+                true
+            }
+        }
+    }
+
+    async fn checkout(&mut self) -> Result<PooledServer, SessionEnd> {
+        // A reload may have replaced the pool: new checkouts go to the
+        // current one.
+        match self.shared.pools.load().lookup(&self.db, &self.user) {
+            Lookup::Found(p) => {
+                if !Arc::ptr_eq(&p, &self.pool) {
+                    self.mode = p.settings.mode;
+                    self.pool = p;
+                }
+            }
+            _ => {
+                let msg = format!(
+                    "pool for database \"{}\" user \"{}\" was removed from the config",
+                    self.db, self.user
+                );
+                self.fatal("08006", &msg).await;
+                return Err(SessionEnd::PoolRemoved(msg));
+            }
+        }
+        let mut server = {
+            let _waiting = GaugeGuard::new(&self.pool.stats.clients_waiting);
+            match self.pool.checkout().await {
+                Ok(s) => s,
+                Err(e) => return Err(SessionEnd::NoServer(e.to_string())),
+            }
+        };
+        self.cancel.set(Some(ServerKey {
+            host: server.address.host.clone(),
+            port: server.address.port,
+            pid: server.backend_pid,
+            secret: server.secret_key,
+        }));
+        if let Err(e) = self.sync_params(&mut server).await {
+            let msg = format!("could not apply client settings on the server: {e}");
+            self.cancel.set(None);
+            self.fatal("08006", &msg).await;
+            return Err(SessionEnd::ServerFailed(msg));
+        }
+        self.tracker = Tracker::new();
+        Ok(server)
+    }
+
+    /// Sets the client's tracked settings on a server whose values differ.
+    async fn sync_params(&mut self, server: &mut Server) -> Result<(), ServerError> {
+        let mut sql = String::new();
+        for (k, v) in &self.params.0 {
+            if server.params.get(k) != Some(v.as_str()) {
+                sql.push_str(&format!("SET {k} TO {};", quote_literal(v)));
+            }
+        }
+        if sql.is_empty() {
+            return Ok(());
+        }
+        server.run(&sql, CLEANUP_TIMEOUT).await?;
+        // Adopt PostgreSQL's spelling of the values (e.g. "utf8" is
+        // reported as "UTF8") so the next checkout compares equal.
+        for (k, v) in self.params.0.iter_mut() {
+            if let Some(sv) = server.params.get(k) {
+                if sv != v {
+                    *v = sv.to_string();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings a server back to a clean state, or marks it broken.
+    async fn cleanup(&mut self, server: &mut Server) {
+        if server.broken {
+            return;
+        }
+        let unsent = !self.to_server.is_empty() || self.client_left > 0;
+        if unsent
+            || self.tracker.awaiting_replies()
+            || self.server_left > 0
+            || !self.sbuf.is_empty()
+        {
+            // Mid-request: closing is the only safe way out; PostgreSQL
+            // rolls back what was open.
+            server.broken = true;
+            return;
+        }
+        let mut steps: Vec<&str> = Vec::new();
+        if self.tracker.unsynced() {
+            let mut out = BytesMut::new();
+            messages::sync(&mut out);
+            if server.exchange(&out, CLEANUP_TIMEOUT).await.is_err() {
+                server.broken = true;
+                return;
+            }
+        }
+        if self.tracker.status() != b'I' {
+            steps.push("ROLLBACK");
+        }
+        let reset = match self.mode {
+            PoolMode::Session => true,
+            PoolMode::Transaction => server.dirty && self.pool.settings.cleanup_server_connections,
+        };
+        if reset {
+            steps.push("DISCARD ALL");
+        }
+        for sql in steps {
+            if let Err(e) = server.run(sql, CLEANUP_TIMEOUT).await {
+                tracing::debug!(error = %e, sql, "cleanup query failed; closing server connection");
+                server.broken = true;
+                return;
+            }
+            if sql == "DISCARD ALL" {
+                server.statements.clear();
+            }
+        }
+        server.dirty = false;
+        self.tracker = Tracker::new();
+    }
+
+    /// Ends the session, cleaning up a held server first.
+    async fn end(&mut self, held: Option<PooledServer>, end: SessionEnd) -> SessionEnd {
+        if let Some(mut server) = held {
+            self.cancel.set(None);
+            self.cleanup(&mut server).await;
+            server.last_used = Instant::now();
+        }
+        end
+    }
+
+    /// After an error answered without a server: drop the client's
+    /// messages up to the next Sync (or a simple Query), then report
+    /// ReadyForQuery.
+    async fn skip_until_sync(&mut self) -> Result<(), SessionEnd> {
+        loop {
+            let h = match peek_header(&self.cbuf, client_limit) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => return Err(SessionEnd::ClientProtocol(e.to_string())),
+            };
+            if self.cbuf.len() < h.total {
+                break;
+            }
+            self.cbuf.advance(h.total);
+            match h.tag {
+                b'X' => return Err(SessionEnd::ClientGone),
+                b'S' | b'Q' | b'F' => {
+                    self.skipping = false;
+                    messages::ready_for_query(&mut self.to_client, b'I');
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if self.flush_client().await.is_err() {
+            return Err(SessionEnd::ClientGone);
+        }
+        Ok(())
+    }
+
+    fn error_response(&mut self, code: &str, message: &str) {
+        messages::error_response(&mut self.to_client, Severity::Error, code, message);
+    }
+
+    async fn fatal(&mut self, code: &str, message: &str) {
+        messages::error_response(&mut self.to_client, Severity::Fatal, code, message);
+        let _ = self.flush_client().await;
+        let _ = self.client.shutdown().await;
+    }
+
+    async fn flush_client(&mut self) -> io::Result<()> {
+        if !self.to_client.is_empty() {
+            self.bytes_out += self.to_client.len() as u64;
+            let r = self.client.write_all(&self.to_client).await;
+            self.to_client.clear();
+            r?;
+        }
+        if self.to_client.capacity() > HIGH_WATER {
+            self.to_client = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    fn flush_counters(&mut self, started: Instant) {
+        let s = &self.pool.stats;
+        if self.mode == PoolMode::Transaction {
+            PoolStats::add(&s.xact_count, 1);
+        }
+        PoolStats::add(&s.xact_time_us, started.elapsed().as_micros() as u64);
+        PoolStats::add(&s.query_count, std::mem::take(&mut self.queries));
+        PoolStats::add(&s.bytes_received, std::mem::take(&mut self.bytes_in));
+        PoolStats::add(&s.bytes_sent, std::mem::take(&mut self.bytes_out));
+    }
+
+    fn can_stream_client(&self, tag: u8) -> bool {
+        match tag {
+            b'P' | b'B' | b'D' | b'C' => self.mode == PoolMode::Session,
+            b'X' | b'S' | b'H' => false,
+            _ => true,
+        }
+    }
+
+    async fn pump(&mut self, server: &mut Server) -> Outcome {
+        for buf in [&mut self.to_server, &mut self.to_client, &mut self.sbuf] {
+            if buf.capacity() == 0 {
+                *buf = buffers::take();
+            }
+        }
+        if let Err(o) = self.process_client(server) {
+            return o;
+        }
+        // A session-mode client holds its server between transactions; on
+        // shutdown it is let go at the next transaction boundary.
+        let mut rx = self.shared.shutdown_rx();
+        let watch = self.mode == PoolMode::Session;
+        let mut shutdown = std::pin::pin!(async move {
+            if watch {
+                let _ = rx.wait_for(|stopping| *stopping).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        });
+        let mut stopping = false;
+        poll_fn(|cx| {
+            if !stopping && shutdown.as_mut().poll(cx).is_ready() {
+                stopping = true;
+            }
+            if stopping && self.at_boundary() {
+                return Poll::Ready(Outcome::Shutdown);
+            }
+            self.poll_pump(cx, server)
+        })
+        .await
+    }
+
+    fn release_ready(&self) -> bool {
+        self.mode == PoolMode::Transaction && self.at_boundary()
+    }
+
+    /// Between transactions: nothing in flight either way.
+    fn at_boundary(&self) -> bool {
+        self.tracker.is_idle()
+            && self.to_server.is_empty()
+            && self.client_left == 0
+            && self.server_left == 0
+            && self.sbuf.is_empty()
+    }
+
+    fn poll_pump(&mut self, cx: &mut Context<'_>, server: &mut Server) -> Poll<Outcome> {
+        loop {
+            let mut progress = false;
+            while !self.to_server.is_empty() {
+                match Pin::new(&mut server.stream).poll_write(cx, &self.to_server) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Outcome::ServerFailed(io::ErrorKind::WriteZero.into()))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.to_server.advance(n);
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ServerFailed(e)),
+                    Poll::Pending => break,
+                }
+            }
+            while !self.to_client.is_empty() {
+                match Pin::new(&mut self.client).poll_write(cx, &self.to_client) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Outcome::ClientGone)
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.bytes_out += n as u64;
+                        self.to_client.advance(n);
+                        progress = true;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            if self.release_ready() {
+                return Poll::Ready(Outcome::Released);
+            }
+            if self.to_server.len() < HIGH_WATER {
+                if self.cbuf.capacity() - self.cbuf.len() < READ_SIZE / 4 {
+                    self.cbuf.reserve(READ_SIZE);
+                }
+                match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Outcome::ClientGone)
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.bytes_in += n as u64;
+                        if let Err(o) = self.process_client(server) {
+                            return Poll::Ready(o);
+                        }
+                        progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if self.to_client.len() < HIGH_WATER {
+                if self.sbuf.capacity() - self.sbuf.len() < READ_SIZE / 4 {
+                    self.sbuf.reserve(READ_SIZE);
+                }
+                match poll_read_buf(Pin::new(&mut server.stream), cx, &mut self.sbuf) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Outcome::ServerFailed(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "server closed the connection",
+                        )))
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        if let Err(o) = self.process_server(server) {
+                            return Poll::Ready(o);
+                        }
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ServerFailed(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Handles the client bytes in `cbuf`: every complete message, and the
+    /// available part of a large one. Pass-through runs move to
+    /// `to_server` in one piece (a buffer swap when nothing else is
+    /// queued).
+    fn process_client(&mut self, server: &mut Server) -> Result<(), Outcome> {
+        let transaction = self.mode == PoolMode::Transaction;
+        let mut pos = 0;
+        if self.client_left > 0 {
+            pos = self.client_left.min(self.cbuf.len());
+            self.client_left -= pos;
+        }
+        while self.client_left == 0 {
+            let rest = &self.cbuf[pos..];
+            let h = match peek_header(rest, client_limit) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    self.move_client_run(pos);
+                    return Err(Outcome::ClientProtocol(FrameErrorOrMalformed::Frame(e)));
+                }
+            };
+            if rest.len() < h.total {
+                if h.total > STREAM_THRESHOLD
+                    && self.can_stream_client(h.tag)
+                    && rest.len() >= HEADER_LEN + 64
+                {
+                    note_client(
+                        &mut self.tracker,
+                        &mut self.queries,
+                        server,
+                        transaction,
+                        h.tag,
+                        &rest[HEADER_LEN..],
+                    );
+                    self.client_left = h.total - rest.len();
+                    pos = self.cbuf.len();
+                }
+                break;
+            }
+            match h.tag {
+                b'X' => {
+                    self.move_client_run(pos);
+                    return Err(Outcome::ClientGone);
+                }
+                b'P' | b'B' | b'D' | b'C' if transaction => {
+                    self.move_client_run(pos);
+                    pos = 0;
+                    let msg = self.cbuf.split_to(h.total).freeze();
+                    self.rewrite_client(server, h.tag, &msg)?;
+                }
+                tag => {
+                    note_client(
+                        &mut self.tracker,
+                        &mut self.queries,
+                        server,
+                        transaction,
+                        tag,
+                        &rest[HEADER_LEN..h.total],
+                    );
+                    pos += h.total;
+                }
+            }
+        }
+        self.move_client_run(pos);
+        Ok(())
+    }
+
+    /// Moves the first `n` bytes of `cbuf` to `to_server`.
+    fn move_client_run(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.to_server.is_empty() && n == self.cbuf.len() {
+            std::mem::swap(&mut self.to_server, &mut self.cbuf);
+        } else {
+            self.to_server.extend_from_slice(&self.cbuf[..n]);
+            self.cbuf.advance(n);
+        }
+    }
+
+    /// Transaction mode: messages that name prepared statements. Named
+    /// statements live on servers under names derived from their text;
+    /// pgcat prepares them on whichever server the client gets.
+    fn rewrite_client(&mut self, server: &mut Server, tag: u8, msg: &[u8]) -> Result<(), Outcome> {
+        let malformed = |what| Outcome::ClientProtocol(FrameErrorOrMalformed::Malformed(what));
+        let body = &msg[HEADER_LEN..];
+        match tag {
+            b'P' => {
+                let (name, rest) = read_cstr(body, "Parse").map_err(|_| malformed("Parse"))?;
+                if name.is_empty() {
+                    self.forward_as_is(tag, msg);
+                    return Ok(());
+                }
+                let (query, types) = read_cstr(rest, "Parse").map_err(|_| malformed("Parse"))?;
+                let hash = statement_hash(rest);
+                let prepared = Arc::new(Prepared::new(hash, query, types));
+                self.statements.insert(name.to_vec(), prepared.clone());
+                if server.statements.contains(hash) {
+                    self.tracker
+                        .push_extended(Expect::Synthetic(Synthetic::ParseComplete));
+                    self.tracker.emit_due(&mut self.to_client);
+                } else {
+                    self.prepare_on_server(server, &prepared, false);
+                }
+            }
+            b'B' => {
+                let (portal, rest) = read_cstr(body, "Bind").map_err(|_| malformed("Bind"))?;
+                let (name, rest) = read_cstr(rest, "Bind").map_err(|_| malformed("Bind"))?;
+                let Some(prepared) = (!name.is_empty())
+                    .then(|| self.statements.get(name).cloned())
+                    .flatten()
+                else {
+                    self.forward_as_is(tag, msg);
+                    return Ok(());
+                };
+                self.ensure_prepared(server, &prepared);
+                let name = statement_name(prepared.hash);
+                let at = messages::begin(&mut self.to_server, b'B');
+                messages::put_cstr(&mut self.to_server, portal);
+                messages::put_cstr(&mut self.to_server, name.as_bytes());
+                self.to_server.put_slice(rest);
+                messages::finish(&mut self.to_server, at);
+                self.tracker.push_extended(Expect::Bind);
+            }
+            b'D' => {
+                let (&kind, rest) = body.split_first().ok_or_else(|| malformed("Describe"))?;
+                let (name, _) = read_cstr(rest, "Describe").map_err(|_| malformed("Describe"))?;
+                let prepared = (kind == b'S' && !name.is_empty())
+                    .then(|| self.statements.get(name).cloned())
+                    .flatten();
+                let Some(prepared) = prepared else {
+                    self.forward_as_is(tag, msg);
+                    return Ok(());
+                };
+                self.ensure_prepared(server, &prepared);
+                let at = messages::begin(&mut self.to_server, b'D');
+                self.to_server.put_u8(b'S');
+                messages::put_cstr(
+                    &mut self.to_server,
+                    statement_name(prepared.hash).as_bytes(),
+                );
+                messages::finish(&mut self.to_server, at);
+                self.tracker.push_extended(Expect::Describe);
+            }
+            b'C' => {
+                let (&kind, rest) = body.split_first().ok_or_else(|| malformed("Close"))?;
+                let (name, _) = read_cstr(rest, "Close").map_err(|_| malformed("Close"))?;
+                if kind == b'S' && !name.is_empty() {
+                    // The server keeps the statement for other clients;
+                    // the client just forgets its name.
+                    self.statements.remove(name);
+                    self.tracker
+                        .push_extended(Expect::Synthetic(Synthetic::CloseComplete));
+                    self.tracker.emit_due(&mut self.to_client);
+                } else {
+                    self.forward_as_is(tag, msg);
+                }
+            }
+            _ => self.forward_as_is(tag, msg),
+        }
+        Ok(())
+    }
+
+    fn forward_as_is(&mut self, tag: u8, msg: &[u8]) {
+        self.tracker.client_message(tag);
+        self.to_server.extend_from_slice(msg);
+    }
+
+    fn ensure_prepared(&mut self, server: &mut Server, prepared: &Prepared) {
+        if !server.statements.contains(prepared.hash) {
+            self.prepare_on_server(server, prepared, true);
+        }
+    }
+
+    fn prepare_on_server(&mut self, server: &mut Server, prepared: &Prepared, swallow: bool) {
+        self.to_server.extend_from_slice(&prepared.parse);
+        self.tracker.push_extended(Expect::Parse {
+            swallow,
+            statement: Some(prepared.hash),
+        });
+        if let Some(evicted) = server
+            .statements
+            .insert(prepared.hash, self.pool.settings.statement_cache_size)
+        {
+            messages::close(&mut self.to_server, b'S', &statement_name(evicted));
+            self.tracker.push_extended(Expect::Close { swallow: true });
+        }
+    }
+
+    /// Handles server bytes in `sbuf`, like `process_client` the other
+    /// way: forwards runs to `to_client`, drops replies to messages pgcat
+    /// injected, inserts replies pgcat owes, follows ParameterStatus.
+    fn process_server(&mut self, server: &mut Server) -> Result<(), Outcome> {
+        let mut pos = 0;
+        let mut run_start = 0;
+        if self.server_left > 0 {
+            pos = self.server_left.min(self.sbuf.len());
+            self.server_left -= pos;
+        }
+        while self.server_left == 0 {
+            let rest = &self.sbuf[pos..];
+            let h = match peek_header(rest, |_| MAX_MESSAGE_LEN) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(Outcome::ServerFailed(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        e,
+                    )))
+                }
+            };
+            if rest.len() < h.total {
+                if h.total > STREAM_THRESHOLD && !matches!(h.tag, b'Z' | b'S' | b'1' | b'3') {
+                    self.tracker.server_message(h.tag, &[]);
+                    self.server_left = h.total - rest.len();
+                    pos = self.sbuf.len();
+                }
+                break;
+            }
+            let body = &rest[HEADER_LEN..h.total];
+            let action = self.tracker.server_message(h.tag, body);
+            if h.tag == b'S' {
+                if let Ok((k, v)) = messages::parse_parameter_status(body) {
+                    if let Some(name) = tracked_param(&k) {
+                        self.params.set(name, &v);
+                    }
+                    server.params.set(&k, &v);
+                }
+            }
+            match action {
+                Action::Forward => pos += h.total,
+                Action::Swallow => {
+                    self.to_client.extend_from_slice(&self.sbuf[run_start..pos]);
+                    pos += h.total;
+                    run_start = pos;
+                }
+            }
+            if self.tracker.has_due() {
+                self.to_client.extend_from_slice(&self.sbuf[run_start..pos]);
+                run_start = pos;
+                self.tracker.emit_due(&mut self.to_client);
+            }
+        }
+        if self.tracker.has_failed() {
+            for s in self.tracker.take_failed() {
+                server.statements.remove(s);
+            }
+        }
+        if self.tracker.has_prepared() {
+            let mut known = self.pool.known_statements.lock();
+            if known.len() > 10 * self.pool.settings.statement_cache_size {
+                known.clear();
+            }
+            known.extend(self.tracker.take_prepared());
+        }
+        if run_start == 0 && pos == self.sbuf.len() && self.to_client.is_empty() {
+            std::mem::swap(&mut self.to_client, &mut self.sbuf);
+        } else {
+            self.to_client.extend_from_slice(&self.sbuf[run_start..pos]);
+            self.sbuf.advance(pos);
+        }
+        Ok(())
+    }
+}
+
+/// Bookkeeping for a client message forwarded unchanged.
+fn note_client(
+    tracker: &mut Tracker,
+    queries: &mut u64,
+    server: &mut Server,
+    transaction: bool,
+    tag: u8,
+    body: &[u8],
+) {
+    tracker.client_message(tag);
+    match tag {
+        b'Q' => {
+            *queries += 1;
+            if transaction {
+                let effect = query_effect(body);
+                server.dirty |= effect.dirty;
+                if effect.drops_statements {
+                    server.statements.clear();
+                }
+            }
+        }
+        b'E' => *queries += 1,
+        _ => {}
+    }
+}
+
+/// What a simple query does to session state, judged from its first
+/// words.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct QueryEffect {
+    /// It changes session state that must be reset before another client
+    /// gets the server.
+    dirty: bool,
+    /// It drops prepared statements, pgcat's included.
+    drops_statements: bool,
+}
+
+fn query_effect(body: &[u8]) -> QueryEffect {
+    let text = &body[..body.len().min(64)];
+    let text = text.trim_ascii_start();
+    let starts = |word: &[u8]| {
+        text.len() >= word.len()
+            && text[..word.len()].eq_ignore_ascii_case(word)
+            && text
+                .get(word.len())
+                .is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'_')
+    };
+    let mut effect = QueryEffect::default();
+    if starts(b"SET") {
+        let after = text[3..].trim_ascii_start();
+        let end = after
+            .iter()
+            .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+            .unwrap_or(after.len());
+        let word = std::str::from_utf8(&after[..end]).unwrap_or("");
+        let local = word.eq_ignore_ascii_case("local") || word.eq_ignore_ascii_case("transaction");
+        // Tracked settings follow the client anyway.
+        effect.dirty = !local && tracked_param(word).is_none();
+    } else if starts(b"RESET") || starts(b"PREPARE") || starts(b"LISTEN") {
+        effect.dirty = true;
+    } else if starts(b"CREATE") {
+        // Temporary tables live as long as the session.
+        let second = text[6..]
+            .trim_ascii_start()
+            .split(|b| !b.is_ascii_alphabetic())
+            .next()
+            .unwrap_or(b"");
+        effect.dirty = [&b"temp"[..], b"temporary", b"local", b"global"]
+            .iter()
+            .any(|w| second.eq_ignore_ascii_case(w));
+    } else if starts(b"DISCARD") || starts(b"DEALLOCATE") {
+        effect.dirty = true;
+        effect.drops_statements = true;
+    }
+    effect
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_names_are_stable_and_valid_identifiers() {
+        let n = statement_name(0xdead_beef);
+        assert_eq!(n, "pgcat_00000000deadbeef");
+        assert!(n.len() < 64);
+    }
+
+    #[test]
+    fn query_effects() {
+        let dirty = |q: &str| query_effect(format!("{q}\0").as_bytes()).dirty;
+        assert!(dirty("SET search_path = x"));
+        assert!(dirty("  set statement_timeout to 5"));
+        assert!(!dirty("SET LOCAL search_path = x"));
+        assert!(!dirty("SET application_name = 'x'"));
+        assert!(!dirty("SET TimeZone TO 'UTC'"));
+        assert!(!dirty("SELECT 1"));
+        assert!(!dirty("SETTINGS"));
+        assert!(dirty("RESET ALL"));
+        assert!(dirty("PREPARE p AS SELECT 1"));
+        assert!(!dirty("UPDATE t SET a = 1"));
+        assert!(dirty("CREATE TEMP TABLE t (a int)"));
+        assert!(dirty("create temporary table t (a int)"));
+        assert!(!dirty("CREATE TABLE t (a int)"));
+        let e = query_effect(b"DEALLOCATE ALL\0");
+        assert!(e.dirty && e.drops_statements);
+        assert!(query_effect(b"discard all\0").drops_statements);
+    }
+}

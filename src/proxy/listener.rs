@@ -1,0 +1,69 @@
+//! The accept loop and graceful drain: on shutdown the listener keeps
+//! answering (new clients are told the pooler is shutting down), open
+//! transactions finish, and the loop ends when no client is left or
+//! `shutdown_timeout` has passed.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{client, Shared};
+
+pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+    let clients = TaskTracker::new();
+    // Cancels client tasks still running when the drain times out.
+    let kill = CancellationToken::new();
+    tokio::pin!(shutdown);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let shared = shared.clone();
+                    let kill = kill.clone();
+                    clients.spawn(async move {
+                        tokio::select! {
+                            _ = client::handle(stream, peer, shared) => {}
+                            _ = kill.cancelled() => {}
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off
+                    // instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            _ = &mut shutdown, if !draining => {
+                draining = true;
+                let timeout = Duration::from_millis(shared.config.load().general.shutdown_timeout);
+                deadline = Some(tokio::time::Instant::now() + timeout);
+                tracing::info!(clients = clients.len(), "shutting down: waiting for clients to finish");
+                shared.begin_shutdown();
+                clients.close();
+            },
+            _ = clients.wait(), if draining => {
+                tracing::info!("all clients gone");
+                break;
+            },
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                tracing::warn!(clients = clients.len(), "shutdown_timeout reached; closing remaining clients");
+                break;
+            },
+            _ = shared.killed(), if draining => {
+                tracing::warn!(clients = clients.len(), "immediate shutdown requested");
+                break;
+            },
+        }
+    }
+    drop(listener);
+    kill.cancel();
+    clients.close();
+    clients.wait().await;
+}

@@ -1,0 +1,685 @@
+//! Test harness: throwaway PostgreSQL clusters made with initdb, per-test
+//! roles and databases, and pgcat started in-process.
+//!
+//! Every process spawned here is reaped: private clusters stop in Drop,
+//! the shared cluster stops in an atexit hook, and children are spawned
+//! from one long-lived thread with PR_SET_PDEATHSIG so that they die with
+//! the test binary even when it is killed.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use pgcat::proxy::config::Config;
+use pgcat::proxy::{Proxy, ProxyHandle};
+
+pub const SUPERUSER: &str = "postgres";
+pub const SUPERUSER_PASSWORD: &str = "postgres";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The postmaster of the shared cluster, stopped by the exit hook.
+static SHARED_CHILD: Mutex<Option<Child>> = Mutex::new(None);
+
+/// Runs when the test binary exits: stops the shared cluster and removes
+/// every data directory this process made.
+extern "C" fn at_exit() {
+    if let Ok(mut child) = SHARED_CHILD.lock() {
+        if let Some(mut c) = child.take() {
+            stop_child(&mut c, Duration::from_secs(20));
+        }
+    }
+    let _ = fs::remove_dir_all(base_dir_path());
+}
+
+/// A name unique within this machine and run.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The directory holding initdb, postgres and pg_isready.
+pub fn pg_bindir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PGCAT_TEST_PG_BINDIR") {
+        return PathBuf::from(dir);
+    }
+    let mut candidates = Vec::new();
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        if out.status.success() {
+            candidates.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+        }
+    }
+    if let Ok(entries) = fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).collect();
+        versions.sort();
+        candidates.extend(versions.into_iter().rev());
+    }
+    for dir in candidates {
+        if dir.join("initdb").exists() && dir.join("postgres").exists() {
+            return dir;
+        }
+    }
+    panic!(
+        "PostgreSQL server binaries (initdb, postgres) not found. Install them, e.g. \
+         `apt-get install -y postgresql` on Debian/Ubuntu, or point PGCAT_TEST_PG_BINDIR \
+         at the directory that holds initdb."
+    );
+}
+
+/// The uid/gid to run PostgreSQL as: `postgres` when we are root (initdb
+/// refuses root), ourselves otherwise.
+fn pg_owner() -> Option<(u32, u32)> {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        return None;
+    }
+    let name = std::ffi::CString::new("postgres").unwrap();
+    // SAFETY: getpwnam returns a pointer into static storage or null; we
+    // copy the two fields out immediately.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        panic!("running as root needs a `postgres` OS user to run PostgreSQL (apt-get install -y postgresql creates it)");
+    }
+    unsafe { Some(((*pw).pw_uid, (*pw).pw_gid)) }
+}
+
+fn chown_tree(path: &Path, owner: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = owner {
+        let status = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{uid}:{gid}"))
+            .arg(path)
+            .status()
+            .expect("chown");
+        assert!(status.success(), "chown {path:?} failed");
+    }
+}
+
+/// Spawns children from one thread that lives as long as the process, so
+/// PR_SET_PDEATHSIG (which fires when the spawning *thread* exits) means
+/// "when the test binary exits".
+type SpawnJob = Box<dyn FnOnce() -> io::Result<Child> + Send>;
+type SpawnRequest = (SpawnJob, mpsc::Sender<io::Result<Child>>);
+
+fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("test-spawner".into())
+            .spawn(move || {
+                for (job, reply) in rx {
+                    let _ = reply.send(job());
+                }
+                // Keep the thread alive so PDEATHSIG does not fire early.
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("spawner thread");
+        Mutex::new(tx)
+    })
+}
+
+/// Spawns a command that is killed if the test binary dies.
+pub fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
+    let (reply_tx, reply_rx) = mpsc::channel();
+    let job: SpawnJob = Box::new(move || {
+        // SAFETY: prctl is async-signal-safe and only affects the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        cmd.spawn()
+    });
+    spawner().lock().unwrap().send((job, reply_tx)).unwrap();
+    reply_rx.recv().unwrap()
+}
+
+/// Stops a child: SIGINT (PostgreSQL's fast shutdown, pgcat's graceful
+/// one), then SIGKILL after `grace`; always reaps it.
+pub fn stop_child(child: &mut Child, grace: Duration) -> ExitStatus {
+    if let Ok(Some(status)) = child.try_wait() {
+        return status;
+    }
+    // SAFETY: kill with a pid we own.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait().expect("wait for child")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn base_dir_path() -> PathBuf {
+    std::env::temp_dir().join(format!("pgcat-test-{}", std::process::id()))
+}
+
+fn base_dir() -> PathBuf {
+    let dir = base_dir_path();
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// The initdb'd data directory that clusters are copied from, made once
+/// per test binary.
+fn template() -> &'static PathBuf {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let bindir = pg_bindir();
+        let owner = pg_owner();
+        let root = base_dir();
+        // SAFETY: registering a plain extern "C" fn.
+        unsafe {
+            libc::atexit(at_exit);
+        }
+        let data = root.join("template");
+        let pwfile = root.join("pwfile");
+        fs::write(&pwfile, SUPERUSER_PASSWORD).unwrap();
+        chown_tree(&root, owner);
+        let mut cmd = Command::new(bindir.join("initdb"));
+        cmd.arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                SUPERUSER,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .args(["-E", "UTF8", "--locale=C", "--no-sync"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some((uid, gid)) = owner {
+            cmd.uid(uid).gid(gid);
+        }
+        let out = cmd.output().expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // md5_users, password_users and trust_users get those methods
+        // (membership is granted per test role); everyone else SCRAM.
+        let hba = "\
+local all all trust
+host all +md5_users 127.0.0.1/32 md5
+host all +password_users 127.0.0.1/32 password
+host all +trust_users 127.0.0.1/32 trust
+host all all 127.0.0.1/32 scram-sha-256
+";
+        fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        let conf = "\
+listen_addresses = '127.0.0.1'
+max_connections = 300
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+shared_buffers = 32MB
+log_min_messages = warning
+log_connections = off
+shared_preload_libraries = 'pg_stat_statements'
+";
+        let mut pc = fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        pc.push_str(conf);
+        fs::write(data.join("postgresql.conf"), pc).unwrap();
+        chown_tree(&root, owner);
+        // Install roles used by every cluster copied from the template.
+        let mut c = PgCluster::start_from(&data, "template-boot");
+        c.psql_super(
+            "postgres",
+            "CREATE ROLE md5_users NOLOGIN; CREATE ROLE password_users NOLOGIN; \
+             CREATE ROLE trust_users NOLOGIN;",
+        );
+        c.stop();
+        data
+    })
+}
+
+/// A running PostgreSQL.
+pub struct PgCluster {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    socket_dir: PathBuf,
+}
+
+impl PgCluster {
+    /// A private cluster, stopped when dropped.
+    pub fn new() -> PgCluster {
+        let template = template();
+        let name = unique("cluster");
+        let dir = base_dir().join(&name);
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(template)
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        Self::start_from(&dir, &name)
+    }
+
+    /// The cluster shared by the tests of this binary; stopped at exit.
+    pub fn shared() -> &'static PgCluster {
+        static SHARED: OnceLock<PgCluster> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let mut c = PgCluster::new();
+            // The exit hook owns the process from here on.
+            *SHARED_CHILD.lock().unwrap() = c.child.take();
+            c
+        })
+    }
+
+    fn start_from(dir: &Path, name: &str) -> PgCluster {
+        let bindir = pg_bindir();
+        let owner = pg_owner();
+        let socket_dir = dir.join("sock");
+        fs::create_dir_all(&socket_dir).unwrap();
+        chown_tree(&socket_dir, owner);
+        for attempt in 0..5 {
+            let port = free_port();
+            let log = fs::File::create(dir.join("server.log")).unwrap();
+            if let Some((uid, gid)) = owner {
+                // SAFETY: fchown on a file we just created.
+                unsafe {
+                    use std::os::fd::AsRawFd;
+                    libc::fchown(log.as_raw_fd(), uid, gid);
+                }
+            }
+            let mut cmd = Command::new(bindir.join("postgres"));
+            cmd.arg("-D")
+                .arg(dir)
+                .arg("-p")
+                .arg(port.to_string())
+                .arg("-k")
+                .arg(&socket_dir)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log);
+            if let Some((uid, gid)) = owner {
+                cmd.uid(uid).gid(gid);
+            }
+            let mut child = spawn_tied(cmd).expect("spawn postgres");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                let ready = Command::new(bindir.join("pg_isready"))
+                    .args([
+                        "-q",
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &port.to_string(),
+                        "-U",
+                        SUPERUSER,
+                    ])
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                if ready {
+                    return PgCluster {
+                        port,
+                        dir: dir.to_path_buf(),
+                        child: Some(child),
+                        socket_dir,
+                    };
+                }
+                if Instant::now() > deadline {
+                    stop_child(&mut child, Duration::from_secs(5));
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.wait();
+            eprintln!(
+                "postgres {name} did not start on port {port} (attempt {attempt}): {}",
+                fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+            );
+        }
+        panic!("could not start PostgreSQL in {dir:?}");
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, Duration::from_secs(20));
+        }
+    }
+
+    /// Starts a stopped private cluster again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let c = Self::start_on(&self.dir, self.port);
+        self.child = c;
+    }
+
+    fn start_on(dir: &Path, port: u16) -> Option<Child> {
+        let bindir = pg_bindir();
+        let owner = pg_owner();
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("server.log"))
+            .unwrap();
+        let mut cmd = Command::new(bindir.join("postgres"));
+        cmd.arg("-D")
+            .arg(dir)
+            .arg("-p")
+            .arg(port.to_string())
+            .arg("-k")
+            .arg(dir.join("sock"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some((uid, gid)) = owner {
+            cmd.uid(uid).gid(gid);
+        }
+        let mut child = spawn_tied(cmd).expect("spawn postgres");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let ready = Command::new(bindir.join("pg_isready"))
+                .args([
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    SUPERUSER,
+                ])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                return Some(child);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop_child(&mut child, Duration::from_secs(5));
+        panic!("PostgreSQL did not restart on port {port}");
+    }
+
+    /// Runs SQL as the superuser over the Unix socket; panics on error.
+    pub fn psql_super(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(pg_bindir().join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                SUPERUSER,
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql failed: {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Creates a login role and a database it owns. `method` picks how the
+    /// server authenticates the role: "scram-sha-256", "md5", "password"
+    /// or "trust".
+    pub fn create_db(&self, method: &str) -> TestDb {
+        let name = unique("db");
+        let password = format!("pw_{name}");
+        let (encryption, group) = match method {
+            "scram-sha-256" => ("scram-sha-256", None),
+            "md5" => ("md5", Some("md5_users")),
+            "password" => ("scram-sha-256", Some("password_users")),
+            "trust" => ("scram-sha-256", Some("trust_users")),
+            other => panic!("unknown auth method {other}"),
+        };
+        let in_role = group.map(|g| format!(" IN ROLE {g}")).unwrap_or_default();
+        self.psql_super(
+            "postgres",
+            &format!(
+                "SET password_encryption = '{encryption}'; \
+                 CREATE ROLE {name} LOGIN PASSWORD '{password}'{in_role};"
+            ),
+        );
+        self.psql_super("postgres", &format!("CREATE DATABASE {name} OWNER {name};"));
+        TestDb {
+            name: name.clone(),
+            user: name,
+            password,
+            port: self.port,
+        }
+    }
+
+    /// Backends connected to `db` as `user`, as pg_stat_activity sees them.
+    pub fn backends(&self, db: &str, user: &str) -> usize {
+        self.psql_super(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND usename = '{user}'"
+            ),
+        )
+        .parse()
+        .unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        self.stop();
+        if !self.dir.ends_with("template") {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A role and database of its own.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    pub name: String,
+    pub user: String,
+    pub password: String,
+    pub port: u16,
+}
+
+/// One `[pools.<name>]` for a generated config.
+pub struct PoolSpec<'a> {
+    pub name: &'a str,
+    pub db: &'a TestDb,
+    pub mode: &'a str,
+    pub pool_size: u32,
+    /// How clients authenticate to pgcat.
+    pub auth_type: &'a str,
+    /// Extra lines for the `[pools.<name>]` table.
+    pub pool_extra: &'a str,
+    /// Extra lines for the user table.
+    pub user_extra: &'a str,
+}
+
+impl<'a> PoolSpec<'a> {
+    pub fn new(db: &'a TestDb) -> Self {
+        PoolSpec {
+            name: &db.name,
+            db,
+            mode: "transaction",
+            pool_size: 5,
+            auth_type: "scram-sha-256",
+            pool_extra: "",
+            user_extra: "",
+        }
+    }
+}
+
+pub const ADMIN_USER: &str = "pgcat_admin";
+pub const ADMIN_PASSWORD: &str = "admin_secret";
+
+/// A config listening on a free port with the given pools.
+pub fn config_text(general_extra: &str, pools: &[PoolSpec]) -> String {
+    let mut s = format!(
+        "[general]\nhost = \"127.0.0.1\"\nport = 0\nadmin_username = \"{ADMIN_USER}\"\n\
+         admin_password = \"{ADMIN_PASSWORD}\"\nconnect_timeout = 5000\n{general_extra}\n"
+    );
+    for p in pools {
+        s.push_str(&format!(
+            "\n[pools.{name}]\npool_mode = \"{mode}\"\n{extra}\n\n\
+             [pools.{name}.users.0]\nusername = \"{user}\"\npassword = \"{password}\"\n\
+             auth_type = \"{auth}\"\npool_size = {size}\n{user_extra}\n\n\
+             [pools.{name}.shards.0]\ndatabase = \"{db}\"\nservers = [[\"127.0.0.1\", {port}, \"primary\"]]\n",
+            name = p.name,
+            mode = p.mode,
+            extra = p.pool_extra,
+            user = p.db.user,
+            password = p.db.password,
+            auth = p.auth_type,
+            size = p.pool_size,
+            user_extra = p.user_extra,
+            db = p.db.name,
+            port = p.db.port,
+        ));
+    }
+    s
+}
+
+/// pgcat running in this test's runtime.
+pub struct TestProxy {
+    pub handle: ProxyHandle,
+    pub port: u16,
+}
+
+impl TestProxy {
+    pub async fn start(text: &str) -> TestProxy {
+        let (config, _warnings) = Config::parse(text, "test config").expect("valid test config");
+        let handle = Proxy::start(config, std::future::pending())
+            .await
+            .expect("start pgcat");
+        let port = handle.local_addr().port();
+        TestProxy { handle, port }
+    }
+
+    /// A libpq-style connection string to this proxy.
+    pub fn conn_str(&self, db: &TestDb) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={} password={} dbname={}",
+            self.port, db.user, db.password, db.name
+        )
+    }
+
+    pub async fn connect(&self, db: &TestDb) -> tokio_postgres::Client {
+        connect(&self.conn_str(db)).await
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop().await;
+    }
+}
+
+/// Connects with tokio-postgres and drives the connection in a task.
+pub async fn connect(conn_str: &str) -> tokio_postgres::Client {
+    try_connect(conn_str)
+        .await
+        .unwrap_or_else(|e| panic!("connect {conn_str}: {e:?}"))
+}
+
+pub async fn try_connect(conn_str: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(conn_str, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Direct connection string to PostgreSQL for a test database.
+pub fn direct_conn_str(db: &TestDb) -> String {
+    format!(
+        "host=127.0.0.1 port={} user={} password={} dbname={}",
+        db.port, db.user, db.password, db.name
+    )
+}
+
+/// Runs a real client binary (psql, pgbench) to completion with a
+/// timeout, killing and reaping it on timeout.
+pub fn run_tool(mut cmd: Command, timeout: Duration) -> std::process::Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = spawn_tied(cmd).expect("spawn tool");
+    let deadline = Instant::now() + timeout;
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        io::Read::read_to_end(&mut { stdout }, &mut v).ok();
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        io::Read::read_to_end(&mut { stderr }, &mut v).ok();
+        v
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            let stderr = err_reader.join().unwrap();
+            panic!(
+                "tool timed out after {timeout:?} ({status}): {}",
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+/// [`run_tool`] off the async runtime's worker threads.
+pub async fn run_tool_async(cmd: Command, timeout: Duration) -> std::process::Output {
+    tokio::task::spawn_blocking(move || run_tool(cmd, timeout))
+        .await
+        .unwrap()
+}
