@@ -408,25 +408,27 @@ struct Session {
 }
 
 impl Session {
+    /// Serves the client until it leaves. Between transactions (and
+    /// before the first query in session mode) no server is held; a
+    /// session-mode pump only returns when the session ends.
     async fn run(&mut self) -> SessionEnd {
-        let mut held: Option<PooledServer> = None;
         let mut shutdown = self.shared.shutdown_rx();
         loop {
             if self.cbuf.is_empty() {
-                if held.is_none() && *shutdown.borrow() {
+                if *shutdown.borrow() {
                     self.fatal("57P01", "pgcat is shutting down").await;
                     return SessionEnd::Shutdown;
                 }
                 // Idle: hold no buffers while the client is quiet.
                 self.release_buffers();
                 tokio::select! {
-                    r = self.client.readable() => if r.is_err() { return self.end(held, SessionEnd::ClientGone).await },
-                    _ = shutdown.changed(), if held.is_none() => continue,
+                    r = self.client.readable() => if r.is_err() { return SessionEnd::ClientGone },
+                    _ = shutdown.changed() => continue,
                 }
             }
             if !self.first_message_ready() {
                 if !self.read_client().await {
-                    return self.end(held, SessionEnd::ClientGone).await;
+                    return SessionEnd::ClientGone;
                 }
                 continue;
             }
@@ -434,43 +436,38 @@ impl Session {
                 Err(e) => {
                     let msg = format!("invalid message from client: {e}");
                     self.fatal("08P01", &msg).await;
-                    return self.end(held, SessionEnd::ClientProtocol(msg)).await;
+                    return SessionEnd::ClientProtocol(msg);
                 }
-                Ok(Some(h)) if h.tag == b'X' => {
-                    return self.end(held, SessionEnd::ClientGone).await;
-                }
+                Ok(Some(h)) if h.tag == b'X' => return SessionEnd::ClientGone,
                 _ => {}
             }
             if self.skipping {
                 if let Err(e) = self.skip_until_sync().await {
-                    return self.end(held, e).await;
+                    return e;
                 }
                 continue;
             }
 
-            if held.is_none() && self.mode == PoolMode::Transaction && self.prepare_locally() {
+            if self.mode == PoolMode::Transaction && self.prepare_locally() {
                 if self.flush_client().await.is_err() {
                     return SessionEnd::ClientGone;
                 }
                 continue;
             }
 
-            let mut server = match held.take() {
-                Some(s) => s,
-                None => match self.checkout().await {
-                    Ok(s) => s,
-                    Err(SessionEnd::NoServer(msg)) => {
-                        // The client may retry: answer this request with
-                        // an error and keep the session.
-                        self.error_response("53300", &msg);
-                        self.skipping = true;
-                        if let Err(e) = self.skip_until_sync().await {
-                            return e;
-                        }
-                        continue;
+            let mut server = match self.checkout().await {
+                Ok(s) => s,
+                Err(SessionEnd::NoServer(msg)) => {
+                    // The client may retry: answer this request with an
+                    // error and keep the session.
+                    self.error_response("53300", &msg);
+                    self.skipping = true;
+                    if let Err(e) = self.skip_until_sync().await {
+                        return e;
                     }
-                    Err(end) => return end,
-                },
+                    continue;
+                }
+                Err(end) => return end,
             };
 
             let active_pool = self.pool.clone();
@@ -499,19 +496,17 @@ impl Session {
                     }
                 }
                 Outcome::ClientGone => {
-                    return self.end(Some(server), SessionEnd::ClientGone).await;
+                    return self.end(server, SessionEnd::ClientGone).await;
                 }
                 Outcome::Shutdown => {
                     let _ = self.flush_client().await;
                     self.fatal("57P01", "pgcat is shutting down").await;
-                    return self.end(Some(server), SessionEnd::Shutdown).await;
+                    return self.end(server, SessionEnd::Shutdown).await;
                 }
                 Outcome::ClientProtocol(e) => {
                     let msg = format!("invalid message from client: {e}");
                     self.fatal("08P01", &msg).await;
-                    return self
-                        .end(Some(server), SessionEnd::ClientProtocol(msg))
-                        .await;
+                    return self.end(server, SessionEnd::ClientProtocol(msg)).await;
                 }
                 Outcome::ServerFailed(e) => {
                     server.broken = true;
@@ -734,13 +729,12 @@ impl Session {
         self.tracker = Tracker::new();
     }
 
-    /// Ends the session, cleaning up a held server first.
-    async fn end(&mut self, held: Option<PooledServer>, end: SessionEnd) -> SessionEnd {
-        if let Some(mut server) = held {
-            self.cancel.set(None);
-            self.cleanup(&mut server).await;
-            server.last_used = Instant::now();
-        }
+    /// Ends the session, bringing the server it held back to a clean
+    /// state (or marking it broken) before it returns to the pool.
+    async fn end(&mut self, mut server: PooledServer, end: SessionEnd) -> SessionEnd {
+        self.cancel.set(None);
+        self.cleanup(&mut server).await;
+        server.last_used = Instant::now();
         end
     }
 

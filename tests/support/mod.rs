@@ -579,20 +579,34 @@ pub fn config_text(general_extra: &str, pools: &[PoolSpec]) -> String {
     s
 }
 
-/// pgcat running in this test's runtime.
+/// pgcat running in-process on a runtime of its own, so that CPU-heavy
+/// test clients (hundreds of SCRAM logins) cannot starve it.
 pub struct TestProxy {
     pub handle: ProxyHandle,
     pub port: u16,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl TestProxy {
     pub async fn start(text: &str) -> TestProxy {
         let (config, _warnings) = Config::parse(text, "test config").expect("valid test config");
-        let handle = Proxy::start(config, std::future::pending())
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("pgcat-under-test")
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = runtime
+            .spawn(Proxy::start(config, std::future::pending()))
             .await
+            .unwrap()
             .expect("start pgcat");
         let port = handle.local_addr().port();
-        TestProxy { handle, port }
+        TestProxy {
+            handle,
+            port,
+            runtime: Some(runtime),
+        }
     }
 
     /// A libpq-style connection string to this proxy.
@@ -607,8 +621,22 @@ impl TestProxy {
         connect(&self.conn_str(db)).await
     }
 
-    pub async fn stop(self) {
-        self.handle.stop().await;
+    pub async fn stop(mut self) {
+        self.handle.shutdown();
+        self.handle.wait().await;
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        // A test that panicked: drop pgcat's tasks and sockets without
+        // blocking the test's runtime.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
