@@ -64,16 +64,24 @@ fn main() -> ExitCode {
 
 async fn run(config: Config) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut sigint, mut sigterm, mut sighup) = match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
-        _ => {
-            eprintln!("pgcat: cannot install signal handlers");
-            return ExitCode::FAILURE;
+    let mut signals = Vec::new();
+    for kind in [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+        SignalKind::user_defined1(),
+        SignalKind::user_defined2(),
+    ] {
+        match signal(kind) {
+            Ok(s) => signals.push(s),
+            Err(e) => {
+                eprintln!("pgcat: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
         }
+    }
+    let [sigint, sigterm, sighup, sigusr1, sigusr2] = &mut signals[..] else {
+        unreachable!("five signals installed");
     };
     let proxy = match Proxy::start(config, std::future::pending()).await {
         Ok(p) => p,
@@ -82,12 +90,26 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let pause_all = |paused: bool| {
+        for p in proxy.shared().pools.load().iter() {
+            p.state.set_paused(paused);
+        }
+    };
     loop {
         tokio::select! {
             _ = sigint.recv() => proxy.shutdown(),
             _ = sigterm.recv() => proxy.shutdown(),
             _ = sighup.recv() => {
-                tracing::warn!("SIGHUP received: configuration reload is not available in this version");
+                // Errors are logged by the reload itself.
+                let _ = proxy.shared().reload("SIGHUP");
+            }
+            _ = sigusr1.recv() => {
+                tracing::info!("SIGUSR1: pausing all pools");
+                pause_all(true);
+            }
+            _ = sigusr2.recv() => {
+                tracing::info!("SIGUSR2: resuming all pools");
+                pause_all(false);
             }
             _ = proxy.wait() => break,
         }

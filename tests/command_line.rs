@@ -157,3 +157,177 @@ fn serves_queries_and_exits_cleanly_on_sigint_and_sigterm() {
         assert!(stderr.contains("unknown key"), "{stderr}");
     }
 }
+
+/// Starts the binary on a config file; waits until it listens.
+fn start_binary(path: &std::path::Path, port: u16) -> std::process::Child {
+    let mut cmd = pgcat();
+    cmd.arg(path)
+        .args(["--log-level", "info"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = spawn_tied(cmd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "pgcat did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if started.elapsed() > within {
+            let status = stop_child(child, Duration::from_secs(1));
+            panic!("pgcat did not exit within {within:?} ({status})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file() {
+    let pg = PgCluster::shared();
+    let db = pg.create_db("scram-sha-256");
+    let port = free_port();
+    let text = |size: u32| {
+        config_text(
+            "",
+            &[PoolSpec {
+                pool_size: size,
+                ..PoolSpec::new(&db)
+            }],
+        )
+        .replace("port = 0", &format!("port = {port}"))
+    };
+    let file = ConfigFile::new(&text(3));
+    let mut child = start_binary(&file.path, port);
+    let admin = connect(&admin_conn_str(port)).await;
+    assert_eq!(
+        pool_row(&admin, &db.name).await["pool_size"].as_deref(),
+        Some("3")
+    );
+    file.write(&text(6));
+    signal(&child, libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pool_row(&admin, &db.name).await["pool_size"].as_deref() != Some("6") {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not apply the new pool_size"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A broken file on SIGHUP is logged and changes nothing.
+    file.write("[general\nbroken");
+    signal(&child, libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        pool_row(&admin, &db.name).await["pool_size"].as_deref(),
+        Some("6")
+    );
+    drop(admin);
+    signal(&child, libc::SIGTERM);
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+            .await
+            .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_lets_the_open_transaction_commit_refuses_new_clients_then_exits() {
+    let pg = PgCluster::shared();
+    let db = pg.create_db("scram-sha-256");
+    let port = free_port();
+    let text =
+        config_text("", &[PoolSpec::new(&db)]).replace("port = 0", &format!("port = {port}"));
+    let file = ConfigFile::new(&text);
+    let mut child = start_binary(&file.path, port);
+    let conn = format!(
+        "host=127.0.0.1 port={port} user={} password={} dbname={}",
+        db.user, db.password, db.name
+    );
+    let client = connect(&conn).await;
+    client
+        .batch_execute("CREATE TABLE done (v int)")
+        .await
+        .unwrap();
+    client
+        .batch_execute("BEGIN; INSERT INTO done VALUES (1)")
+        .await
+        .unwrap();
+
+    signal(&child, libc::SIGINT);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = try_connect(&conn).await.unwrap_err();
+    let db_err = err.as_db_error().expect("refused with an error");
+    assert_eq!(db_err.code().code(), "57P01");
+    assert!(
+        db_err.message().contains("shutting down"),
+        "{}",
+        db_err.message()
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited with a transaction open"
+    );
+
+    client
+        .batch_execute("INSERT INTO done VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    drop(client);
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+            .await
+            .unwrap();
+    assert!(status.success(), "{status}");
+    let committed = pg.psql_super(&db.name, "SELECT count(*) FROM done");
+    assert_eq!(committed, "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once() {
+    let pg = PgCluster::shared();
+    let db = pg.create_db("scram-sha-256");
+    let port = free_port();
+    let text =
+        config_text("", &[PoolSpec::new(&db)]).replace("port = 0", &format!("port = {port}"));
+    let file = ConfigFile::new(&text);
+    let mut child = start_binary(&file.path, port);
+    let client = connect(&format!(
+        "host=127.0.0.1 port={port} user={} password={} dbname={}",
+        db.user, db.password, db.name
+    ))
+    .await;
+    client.batch_execute("BEGIN").await.unwrap();
+    signal(&child, libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal waits for the transaction"
+    );
+    signal(&child, libc::SIGTERM);
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert!(client.simple_query("SELECT 1").await.is_err());
+    // The abandoned transaction's backend is gone too.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pg.backends(&db.name, &db.user) > 0 {
+        assert!(Instant::now() < deadline, "backend left behind");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

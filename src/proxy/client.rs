@@ -24,17 +24,18 @@ use socket2::SockRef;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
+use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, ClientAuthError};
 use super::cancel::{CancelTarget, ServerKey};
 use super::config::PoolMode;
 use super::net::SocketSettings;
-use super::pool::{Lookup, PooledServer, UserPool};
+use super::pool::{CheckoutError, Lookup, PoolState, PooledServer, UserPool};
 use super::protocol::codec::{client_limit, peek_header, FrameError, HEADER_LEN, MAX_MESSAGE_LEN};
 use super::protocol::messages::{self, read_cstr, Severity, StartupPacket};
 use super::protocol::tracker::{Action, Expect, Synthetic, Tracker};
 use super::server::{quote_literal, tracked_param, Params, Server, ServerError};
-use super::stats::{GaugeGuard, PoolStats};
+use super::stats::{ClientInfo, GaugeGuard, NewClient, PoolStats, ServerState};
 use super::wire;
 use super::{buffers, Shared};
 
@@ -51,8 +52,14 @@ const HIGH_WATER: usize = 256 * 1024;
 /// Bound on pgcat's own queries during cleanup.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Entry point for an accepted connection.
-pub async fn handle(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// Entry point for an accepted connection. `kill` ends the session at
+/// once (admin KILL, forced shutdown).
+pub async fn handle(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    kill: CancellationToken,
+) {
     let config = shared.config.load_full();
     let socket = SocketSettings::from_general(&config.general);
     if let Err(e) = socket.apply(SockRef::from(&stream)) {
@@ -110,13 +117,28 @@ pub async fn handle(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     if config.general.log_client_connections {
         tracing::info!(%peer, %user, %database, "client connected");
     }
+    let application_name = params
+        .iter()
+        .find(|(k, _)| k == "application_name")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
     if database == "pgcat" || database == "pgbouncer" {
-        refuse(
-            &mut stream,
-            "08P01",
-            "the admin console is not available in this version of pgcat",
-        )
-        .await;
+        // Admin sessions do not hold up a shutdown's drain: they run
+        // apart and end when the proxy does.
+        let login = super::admin::AdminLogin {
+            peer,
+            user,
+            database,
+            application_name,
+            kill: kill.clone(),
+        };
+        let tasks = shared.admin_tasks.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = super::admin::serve(stream, buf, login, shared) => {}
+                _ = kill.cancelled() => {}
+            }
+        });
         return;
     }
     if shared.is_shutting_down() {
@@ -162,11 +184,29 @@ pub async fn handle(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
             return;
         }
     }
-    let server_params = match pool.server_params().await {
-        Ok(p) => p,
-        Err(e) => {
-            refuse(&mut stream, "08006", &format!("pgcat: {e}")).await;
-            return;
+    let mut pool = pool;
+    let server_params = loop {
+        match pool.server_params().await {
+            Ok(p) => break p,
+            Err(CheckoutError::Retired) => {
+                // Replaced by a reload during the login: use the new one.
+                match shared.pools.load().lookup(&database, &user) {
+                    Lookup::Found(p) => pool = p,
+                    _ => {
+                        refuse(
+                            &mut stream,
+                            "08006",
+                            "pgcat: the pool was removed by a reload",
+                        )
+                        .await;
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                refuse(&mut stream, "08006", &format!("pgcat: {e}")).await;
+                return;
+            }
         }
     };
 
@@ -196,9 +236,26 @@ pub async fn handle(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     if stream.write_all(&out).await.is_err() {
         return;
     }
-    PoolStats::add(&pool.stats.client_logins, 1);
-    let counted = pool.clone();
+    let state = pool.state.clone();
+    PoolStats::add(&state.stats.client_logins, 1);
+    let counted = state.clone();
     let _logged_in = GaugeGuard::new(&counted.stats.clients);
+    let (info, _registered) = shared.registry.add_client(NewClient {
+        peer,
+        local: stream.local_addr().unwrap_or(peer),
+        db: database.clone(),
+        user: user.clone(),
+        admin: false,
+        application_name: client_params
+            .get("application_name")
+            .unwrap_or_default()
+            .to_string(),
+        kill,
+        fd: {
+            use std::os::fd::AsRawFd;
+            stream.as_raw_fd()
+        },
+    });
 
     let mut session = Session {
         client: stream,
@@ -212,16 +269,21 @@ pub async fn handle(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         mode: pool.settings.mode,
         db: database.clone(),
         user: user.clone(),
-        pool,
+        pool: None,
+        cleanup_server_connections: pool.settings.cleanup_server_connections,
+        statement_cache_size: pool.settings.statement_cache_size,
+        state,
+        info,
         params: client_params,
         statements: HashMap::new(),
         cancel: registration.target.clone(),
         shared: shared.clone(),
         skipping: false,
-        queries: 0,
-        bytes_in: 0,
-        bytes_out: 0,
+        counts: Counts::default(),
+        request_started: None,
+        xact_started: None,
     };
+    drop(pool);
     let end = session.run().await;
     if config.general.log_client_disconnections {
         tracing::info!(%peer, %user, %database, reason = ?end, "client disconnected");
@@ -391,7 +453,15 @@ struct Session {
     mode: PoolMode,
     db: String,
     user: String,
-    pool: Arc<UserPool>,
+    /// The pool of the server held right now. Not kept between
+    /// transactions, so that a pool replaced by a reload is released as
+    /// soon as its last transaction ends.
+    pool: Option<Arc<UserPool>>,
+    cleanup_server_connections: bool,
+    statement_cache_size: usize,
+    /// Counters and pause flag of this (pool, user); outlive reloads.
+    state: Arc<PoolState>,
+    info: Arc<ClientInfo>,
     /// The tracked settings as this client last set or saw them.
     params: Params,
     /// Transaction mode: statements by the client's name.
@@ -402,7 +472,23 @@ struct Session {
     /// PostgreSQL does after an error.
     skipping: bool,
     /// Counted locally and added to the pool's totals at release.
+    counts: Counts,
+    /// When the request in flight (messages sent, replies owed) began.
+    request_started: Option<Instant>,
+    /// When the transaction in progress began.
+    xact_started: Option<Instant>,
+}
+
+/// Per-session counts, added to the pool's totals once per transaction.
+#[derive(Debug, Default)]
+struct Counts {
     queries: u64,
+    xacts: u64,
+    xact_time_us: u64,
+    query_time_us: u64,
+    client_parses: u64,
+    server_parses: u64,
+    binds: u64,
     bytes_in: u64,
     bytes_out: u64,
 }
@@ -470,15 +556,18 @@ impl Session {
                 Err(end) => return end,
             };
 
-            let active_pool = self.pool.clone();
-            let _active = GaugeGuard::new(&active_pool.stats.clients_active);
-            let started = Instant::now();
+            let state = self.state.clone();
+            let _active = GaugeGuard::new(&state.stats.clients_active);
             let outcome = self.pump(&mut server).await;
-            self.flush_counters(started);
+            self.flush_counters();
             match outcome {
                 Outcome::Released => {
                     self.cancel.set(None);
+                    self.info.set_idle();
                     server.last_used = Instant::now();
+                    // The request ended cleanly: the connection may go back.
+                    server.broken = false;
+                    self.pool = None;
                     if server.dirty {
                         // Reset the client's SETs before anyone else gets
                         // this server; the client gets its answer first.
@@ -511,7 +600,9 @@ impl Session {
                 Outcome::ServerFailed(e) => {
                     server.broken = true;
                     self.cancel.set(None);
+                    self.info.set_idle();
                     drop(server);
+                    self.pool = None;
                     let msg = format!("server connection lost: {e}");
                     tracing::warn!(db = %self.db, user = %self.user, error = %e, "server connection failed while in use");
                     let _ = self.flush_client().await;
@@ -555,7 +646,7 @@ impl Session {
             pos += h.total;
         }
         {
-            let known = self.pool.known_statements.lock();
+            let known = self.state.known_statements.lock();
             if !hashes.iter().all(|(_, hash, _)| known.contains(hash)) {
                 return false;
             }
@@ -566,6 +657,7 @@ impl Session {
             };
             let prepared = Arc::new(Prepared::new(hash, query, types));
             self.statements.insert(name, prepared);
+            self.counts.client_parses += 1;
             messages::parse_complete(&mut self.to_client);
         }
         messages::ready_for_query(&mut self.to_client, b'I');
@@ -608,21 +700,40 @@ impl Session {
         match self.client.read_buf(&mut self.cbuf).await {
             Ok(0) | Err(_) => false,
             Ok(n) => {
-                self.bytes_in += n as u64;
+                self.counts.bytes_in += n as u64;
                 true
             }
         }
     }
 
     async fn checkout(&mut self) -> Result<PooledServer, SessionEnd> {
-        // A reload may have replaced the pool: new checkouts go to the
-        // current one.
-        match self.shared.pools.load().lookup(&self.db, &self.user) {
-            Lookup::Found(p) => {
-                if !Arc::ptr_eq(&p, &self.pool) {
-                    self.mode = p.settings.mode;
-                    self.pool = p;
+        loop {
+            match self.checkout_current().await {
+                Err(CheckoutError::Retired) => continue,
+                Err(e) => {
+                    self.info.set_idle();
+                    return Err(SessionEnd::NoServer(e.to_string()));
                 }
+                Ok(Ok(server)) => return Ok(server),
+                Ok(Err(end)) => return Err(end),
+            }
+        }
+    }
+
+    /// One checkout from the pool that is current now. The outer error is
+    /// the pool's; the inner one ends the session.
+    async fn checkout_current(
+        &mut self,
+    ) -> Result<Result<PooledServer, SessionEnd>, CheckoutError> {
+        // A reload may have replaced the pool: every checkout goes to the
+        // current one.
+        let pool = match self.shared.pools.load().lookup(&self.db, &self.user) {
+            Lookup::Found(p) => {
+                self.mode = p.settings.mode;
+                self.cleanup_server_connections = p.settings.cleanup_server_connections;
+                self.statement_cache_size = p.settings.statement_cache_size;
+                self.state = p.state.clone();
+                p
             }
             _ => {
                 let msg = format!(
@@ -630,16 +741,21 @@ impl Session {
                     self.db, self.user
                 );
                 self.fatal("08006", &msg).await;
-                return Err(SessionEnd::PoolRemoved(msg));
-            }
-        }
-        let mut server = {
-            let _waiting = GaugeGuard::new(&self.pool.stats.clients_waiting);
-            match self.pool.checkout().await {
-                Ok(s) => s,
-                Err(e) => return Err(SessionEnd::NoServer(e.to_string())),
+                return Ok(Err(SessionEnd::PoolRemoved(msg)));
             }
         };
+        self.info.set_waiting();
+        let mut server = {
+            let _waiting = GaugeGuard::new(&self.state.stats.clients_waiting);
+            pool.checkout().await?
+        };
+        // Until the transaction ends cleanly the connection counts as
+        // broken: if this session is dropped mid-request (KILL, forced
+        // shutdown), bb8 closes it instead of handing it to someone else.
+        server.broken = true;
+        server.info.set_state(ServerState::Active, self.info.id);
+        self.info.set_active(server.info.id);
+        self.pool = Some(pool);
         self.cancel.set(Some(ServerKey {
             host: server.address.host.clone(),
             port: server.address.port,
@@ -649,11 +765,12 @@ impl Session {
         if let Err(e) = self.sync_params(&mut server).await {
             let msg = format!("could not apply client settings on the server: {e}");
             self.cancel.set(None);
+            self.info.set_idle();
             self.fatal("08006", &msg).await;
-            return Err(SessionEnd::ServerFailed(msg));
+            return Ok(Err(SessionEnd::ServerFailed(msg)));
         }
         self.tracker = Tracker::new();
-        Ok(server)
+        Ok(Ok(server))
     }
 
     /// Sets the client's tracked settings on a server whose values differ.
@@ -680,11 +797,9 @@ impl Session {
         Ok(())
     }
 
-    /// Brings a server back to a clean state, or marks it broken.
+    /// Brings a server back to a clean state, or leaves it marked broken.
     async fn cleanup(&mut self, server: &mut Server) {
-        if server.broken {
-            return;
-        }
+        server.broken = true;
         let unsent = !self.to_server.is_empty() || self.client_left > 0;
         if unsent
             || self.tracker.awaiting_replies()
@@ -710,7 +825,7 @@ impl Session {
         }
         let reset = match self.mode {
             PoolMode::Session => true,
-            PoolMode::Transaction => server.dirty && self.pool.settings.cleanup_server_connections,
+            PoolMode::Transaction => server.dirty && self.cleanup_server_connections,
         };
         if reset {
             steps.push("DISCARD ALL");
@@ -726,6 +841,7 @@ impl Session {
             }
         }
         server.dirty = false;
+        server.broken = false;
         self.tracker = Tracker::new();
     }
 
@@ -735,6 +851,9 @@ impl Session {
         self.cancel.set(None);
         self.cleanup(&mut server).await;
         server.last_used = Instant::now();
+        self.info.set_idle();
+        drop(server);
+        self.pool = None;
         end
     }
 
@@ -780,7 +899,7 @@ impl Session {
 
     async fn flush_client(&mut self) -> io::Result<()> {
         if !self.to_client.is_empty() {
-            self.bytes_out += self.to_client.len() as u64;
+            self.counts.bytes_out += self.to_client.len() as u64;
             let r = self.client.write_all(&self.to_client).await;
             self.to_client.clear();
             r?;
@@ -791,15 +910,52 @@ impl Session {
         Ok(())
     }
 
-    fn flush_counters(&mut self, started: Instant) {
-        let s = &self.pool.stats;
-        if self.mode == PoolMode::Transaction {
-            PoolStats::add(&s.xact_count, 1);
+    fn flush_counters(&mut self) {
+        let s = &self.state.stats;
+        let c = std::mem::take(&mut self.counts);
+        PoolStats::add(&s.xact_count, c.xacts);
+        PoolStats::add(&s.xact_time_us, c.xact_time_us);
+        PoolStats::add(&s.query_count, c.queries);
+        PoolStats::add(&s.query_time_us, c.query_time_us);
+        PoolStats::add(&s.client_parse_count, c.client_parses);
+        PoolStats::add(&s.server_parse_count, c.server_parses);
+        PoolStats::add(&s.bind_count, c.binds);
+        PoolStats::add(&s.bytes_received, c.bytes_in);
+        PoolStats::add(&s.bytes_sent, c.bytes_out);
+    }
+
+    /// A ReadyForQuery arrived: close the request (and the transaction,
+    /// when the server is idle again) for the statistics.
+    fn on_ready_for_query(&mut self) {
+        if self.tracker.awaiting_replies() {
+            return;
         }
-        PoolStats::add(&s.xact_time_us, started.elapsed().as_micros() as u64);
-        PoolStats::add(&s.query_count, std::mem::take(&mut self.queries));
-        PoolStats::add(&s.bytes_received, std::mem::take(&mut self.bytes_in));
-        PoolStats::add(&s.bytes_sent, std::mem::take(&mut self.bytes_out));
+        let now = Instant::now();
+        if let Some(t) = self.request_started.take() {
+            self.counts.query_time_us += now.duration_since(t).as_micros() as u64;
+        }
+        if self.tracker.status() == b'I' {
+            if let Some(t) = self.xact_started.take() {
+                self.counts.xacts += 1;
+                self.counts.xact_time_us += now.duration_since(t).as_micros() as u64;
+            }
+            // Session mode keeps the server for hours: publish per
+            // transaction rather than per checkout.
+            if self.mode == PoolMode::Session {
+                self.flush_counters();
+            }
+        }
+    }
+
+    /// A message that expects a reply went to the server.
+    fn on_request(&mut self) {
+        if self.request_started.is_none() {
+            let now = Instant::now();
+            self.request_started = Some(now);
+            if self.xact_started.is_none() {
+                self.xact_started = Some(now);
+            }
+        }
     }
 
     fn can_stream_client(&self, tag: u8) -> bool {
@@ -878,7 +1034,7 @@ impl Session {
                         return Poll::Ready(Outcome::ClientGone)
                     }
                     Poll::Ready(Ok(n)) => {
-                        self.bytes_out += n as u64;
+                        self.counts.bytes_out += n as u64;
                         self.to_client.advance(n);
                         progress = true;
                     }
@@ -897,7 +1053,7 @@ impl Session {
                         return Poll::Ready(Outcome::ClientGone)
                     }
                     Poll::Ready(Ok(n)) => {
-                        self.bytes_in += n as u64;
+                        self.counts.bytes_in += n as u64;
                         if let Err(o) = self.process_client(server) {
                             return Poll::Ready(o);
                         }
@@ -961,7 +1117,7 @@ impl Session {
                 {
                     note_client(
                         &mut self.tracker,
-                        &mut self.queries,
+                        &mut self.counts,
                         server,
                         transaction,
                         h.tag,
@@ -986,7 +1142,7 @@ impl Session {
                 tag => {
                     note_client(
                         &mut self.tracker,
-                        &mut self.queries,
+                        &mut self.counts,
                         server,
                         transaction,
                         tag,
@@ -997,6 +1153,9 @@ impl Session {
             }
         }
         self.move_client_run(pos);
+        if self.request_started.is_none() && self.tracker.awaiting_replies() {
+            self.on_request();
+        }
         Ok(())
     }
 
@@ -1021,8 +1180,10 @@ impl Session {
         let body = &msg[HEADER_LEN..];
         match tag {
             b'P' => {
+                self.counts.client_parses += 1;
                 let (name, rest) = read_cstr(body, "Parse").map_err(|_| malformed("Parse"))?;
                 if name.is_empty() {
+                    self.counts.server_parses += 1;
                     self.forward_as_is(tag, msg);
                     return Ok(());
                 }
@@ -1039,6 +1200,7 @@ impl Session {
                 }
             }
             b'B' => {
+                self.counts.binds += 1;
                 let (portal, rest) = read_cstr(body, "Bind").map_err(|_| malformed("Bind"))?;
                 let (name, rest) = read_cstr(rest, "Bind").map_err(|_| malformed("Bind"))?;
                 let Some(prepared) = (!name.is_empty())
@@ -1113,9 +1275,10 @@ impl Session {
             swallow,
             statement: Some(prepared.hash),
         });
+        self.counts.server_parses += 1;
         if let Some(evicted) = server
             .statements
-            .insert(prepared.hash, self.pool.settings.statement_cache_size)
+            .insert(prepared.hash, self.statement_cache_size)
         {
             messages::close(&mut self.to_server, b'S', &statement_name(evicted));
             self.tracker.push_extended(Expect::Close { swallow: true });
@@ -1128,6 +1291,7 @@ impl Session {
     fn process_server(&mut self, server: &mut Server) -> Result<(), Outcome> {
         let mut pos = 0;
         let mut run_start = 0;
+        let mut ready = false;
         if self.server_left > 0 {
             pos = self.server_left.min(self.sbuf.len());
             self.server_left -= pos;
@@ -1154,13 +1318,21 @@ impl Session {
             }
             let body = &rest[HEADER_LEN..h.total];
             let action = self.tracker.server_message(h.tag, body);
-            if h.tag == b'S' {
-                if let Ok((k, v)) = messages::parse_parameter_status(body) {
-                    if let Some(name) = tracked_param(&k) {
-                        self.params.set(name, &v);
+            match h.tag {
+                b'Z' => ready = true,
+                b'S' => {
+                    if let Ok((k, v)) = messages::parse_parameter_status(body) {
+                        if let Some(name) = tracked_param(&k) {
+                            self.params.set(name, &v);
+                        }
+                        if k == "application_name" {
+                            *self.info.application_name.lock() = v.clone();
+                            *server.info.application_name.lock() = v.clone();
+                        }
+                        server.params.set(&k, &v);
                     }
-                    server.params.set(&k, &v);
                 }
+                _ => {}
             }
             match action {
                 Action::Forward => pos += h.total,
@@ -1182,8 +1354,8 @@ impl Session {
             }
         }
         if self.tracker.has_prepared() {
-            let mut known = self.pool.known_statements.lock();
-            if known.len() > 10 * self.pool.settings.statement_cache_size {
+            let mut known = self.state.known_statements.lock();
+            if known.len() > 10 * self.statement_cache_size {
                 known.clear();
             }
             known.extend(self.tracker.take_prepared());
@@ -1194,6 +1366,9 @@ impl Session {
             self.to_client.extend_from_slice(&self.sbuf[run_start..pos]);
             self.sbuf.advance(pos);
         }
+        if ready {
+            self.on_ready_for_query();
+        }
         Ok(())
     }
 }
@@ -1201,7 +1376,7 @@ impl Session {
 /// Bookkeeping for a client message forwarded unchanged.
 fn note_client(
     tracker: &mut Tracker,
-    queries: &mut u64,
+    counts: &mut Counts,
     server: &mut Server,
     transaction: bool,
     tag: u8,
@@ -1209,8 +1384,13 @@ fn note_client(
 ) {
     tracker.client_message(tag);
     match tag {
+        b'P' => {
+            counts.client_parses += 1;
+            counts.server_parses += 1;
+        }
+        b'B' => counts.binds += 1,
         b'Q' => {
-            *queries += 1;
+            counts.queries += 1;
             if transaction {
                 let effect = query_effect(body);
                 server.dirty |= effect.dirty;
@@ -1219,7 +1399,7 @@ fn note_client(
                 }
             }
         }
-        b'E' => *queries += 1,
+        b'E' => counts.queries += 1,
         _ => {}
     }
 }

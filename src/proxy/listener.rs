@@ -25,11 +25,13 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let shared = shared.clone();
-                    let kill = kill.clone();
+                    // Cancelled by KILL for this client's database, or by
+                    // the forced end of a shutdown.
+                    let mine = kill.child_token();
                     clients.spawn(async move {
                         tokio::select! {
-                            _ = client::handle(stream, peer, shared) => {}
-                            _ = kill.cancelled() => {}
+                            _ = client::handle(stream, peer, shared, mine.clone()) => {}
+                            _ = mine.cancelled() => {}
                         }
                     });
                 }
@@ -66,4 +68,6 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
     kill.cancel();
     clients.close();
     clients.wait().await;
+    shared.admin_tasks.close();
+    shared.admin_tasks.wait().await;
 }

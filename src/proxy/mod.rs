@@ -3,15 +3,18 @@
 //! [`ProxyHandle`] is how the CLI, the tests and (later) the dashboard
 //! observe and steer it.
 
+pub mod admin;
 pub mod auth;
 pub mod buffers;
 pub mod cancel;
 pub mod client;
 pub mod config;
 pub mod listener;
+pub mod metrics;
 pub mod net;
 pub mod pool;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 pub mod stats;
 mod wire;
@@ -23,11 +26,14 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 
 use self::cancel::CancelRegistry;
-use self::config::Config;
+use self::config::{Config, ConfigError};
 use self::pool::PoolSet;
+use self::reload::ReloadLog;
+use self::stats::{Registry, ReloadRecord, Snapshot};
 
 /// State every session and control path shares.
 pub struct Shared {
@@ -37,11 +43,23 @@ pub struct Shared {
     /// whose config hash did not change.
     pub pools: ArcSwap<PoolSet>,
     pub cancel: CancelRegistry,
+    /// Every client and server connection, for the admin console.
+    pub registry: Arc<Registry>,
     pub started_at: SystemTime,
+    pub listen_addr: SocketAddr,
+    /// Where the Prometheus exporter listens, once it does.
+    pub metrics_addr: Mutex<Option<SocketAddr>>,
+    reloads: Mutex<ReloadLog>,
+    /// Reloads, RECONNECT and KILL rebuild pools one at a time.
+    reload_lock: Mutex<()>,
     /// True once a graceful shutdown began.
     shutdown: watch::Sender<bool>,
+    /// Asks the listener to begin a graceful shutdown.
+    shutdown_requested: Notify,
     /// Signalled when a second shutdown request asks for an immediate exit.
     kill: Notify,
+    /// Admin console sessions, which a shutdown does not wait for.
+    pub admin_tasks: tokio_util::task::TaskTracker,
 }
 
 impl Shared {
@@ -60,6 +78,34 @@ impl Shared {
     async fn killed(&self) {
         self.kill.notified().await
     }
+
+    /// Begins a graceful shutdown; when one is under way, exits at once.
+    pub fn request_shutdown(&self) {
+        if self.is_shutting_down() {
+            self.kill.notify_one();
+        } else {
+            self.shutdown_requested.notify_one();
+        }
+    }
+
+    /// Reloads the config file (SIGHUP, RELOAD, autoreload).
+    pub fn reload(&self, trigger: &str) -> Result<ReloadRecord, ConfigError> {
+        reload::reload_file(self, trigger)
+    }
+
+    /// The recent reloads, the number of reloads and of failed ones.
+    pub fn reload_history(&self) -> (Vec<ReloadRecord>, u64, u64) {
+        let log = self.reloads.lock();
+        (
+            log.records.iter().cloned().collect(),
+            log.count,
+            log.failures,
+        )
+    }
+
+    pub fn snapshot(&self, with_sockets: bool) -> Snapshot {
+        Snapshot::take(self, with_sockets)
+    }
 }
 
 pub struct Proxy;
@@ -76,31 +122,65 @@ impl Proxy {
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let local_addr = listener.local_addr()?;
-        let pools = PoolSet::build(&config, None);
+        let registry = Arc::new(Registry::default());
+        let pools = PoolSet::build(&config, None, &registry, &Default::default());
+        let metrics = config.general.enable_prometheus_exporter.then(|| {
+            format!(
+                "{}:{}",
+                config.general.host, config.general.prometheus_exporter_port
+            )
+        });
         let (shutdown_tx, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             pools: ArcSwap::from_pointee(pools),
             cancel: CancelRegistry::default(),
+            registry,
             started_at: SystemTime::now(),
+            listen_addr: local_addr,
+            metrics_addr: Mutex::new(None),
+            reloads: Mutex::new(ReloadLog::default()),
+            reload_lock: Mutex::new(()),
             shutdown: shutdown_tx,
+            shutdown_requested: Notify::new(),
             kill: Notify::new(),
+            admin_tasks: tokio_util::task::TaskTracker::new(),
         });
+        let mut background = Vec::new();
+        if let Some(addr) = metrics {
+            let metrics_listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen for metrics on {addr}: {e}"),
+                )
+            })?;
+            *shared.metrics_addr.lock() = metrics_listener.local_addr().ok();
+            background.push(tokio::spawn(metrics::serve(
+                metrics_listener,
+                shared.clone(),
+            )));
+        }
+        background.push(tokio::spawn(stats::run_stats_task(shared.clone())));
+        background.push(tokio::spawn(reload::run_autoreload(shared.clone())));
         let (done_tx, done_rx) = watch::channel(false);
         let task_shared = shared.clone();
-        let requested = Arc::new(Notify::new());
-        let requested_by_handle = requested.clone();
         tokio::spawn(async move {
+            let requested = task_shared.clone();
             let stop = async move {
                 tokio::select! {
                     _ = shutdown => {}
-                    _ = requested.notified() => {}
+                    _ = requested.shutdown_requested.notified() => {}
                 }
             };
             listener::run(listener, task_shared.clone(), stop).await;
+            for task in background {
+                task.abort();
+            }
             // Close every pooled server connection now rather than when
             // the last reference goes.
-            task_shared.pools.store(Arc::new(PoolSet::default()));
+            let empty = Arc::new(PoolSet::default());
+            let old = task_shared.pools.swap(empty.clone());
+            empty.retire_replaced(&old);
             let _ = done_tx.send(true);
         });
         tracing::info!(%local_addr, "pgcat listening");
@@ -108,7 +188,6 @@ impl Proxy {
             shared,
             local_addr,
             done: done_rx,
-            requested: requested_by_handle,
         })
     }
 }
@@ -118,7 +197,6 @@ pub struct ProxyHandle {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     done: watch::Receiver<bool>,
-    requested: Arc<Notify>,
 }
 
 impl ProxyHandle {
@@ -133,11 +211,22 @@ impl ProxyHandle {
     /// Begins a graceful shutdown; a second call exits without waiting
     /// for clients.
     pub fn shutdown(&self) {
-        if self.shared.is_shutting_down() {
-            self.shared.kill.notify_one();
-        } else {
-            self.requested.notify_one();
-        }
+        self.shared.request_shutdown();
+    }
+
+    /// Reloads the config file.
+    pub fn reload(&self) -> Result<ReloadRecord, ConfigError> {
+        self.shared.reload("api")
+    }
+
+    /// Everything the admin console shows, at this moment.
+    pub fn snapshot(&self) -> Snapshot {
+        self.shared.snapshot(true)
+    }
+
+    /// Where the Prometheus exporter listens, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        *self.shared.metrics_addr.lock()
     }
 
     /// Waits until the proxy has stopped.

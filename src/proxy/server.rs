@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use super::config::Role;
 use super::net::{self, SocketSettings};
 use super::protocol::codec::MAX_MESSAGE_LEN;
 use super::protocol::messages::{self, parse_error_fields, ErrorFields};
+use super::stats::{NewServer, Registration, Registry, ServerInfo, ServerState};
 use super::wire;
 
 /// Where a server is and what it is for.
@@ -114,9 +115,9 @@ pub enum ServerError {
     Unexpected(char),
     #[error("server did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("pool was replaced by a reload")]
+    Retired,
 }
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The statements pgcat prepared on one server connection, by the hash of
 /// their text and parameter types, with a use counter for LRU eviction.
@@ -192,15 +193,31 @@ pub struct Server {
     pub broken: bool,
     /// A client changed session state that must be reset before reuse.
     pub dirty: bool,
+    /// What the admin console shows about this connection.
+    pub info: Arc<ServerInfo>,
+    _registration: Registration,
 }
 
 impl Server {
+    /// Opens and logs in a connection for the (pool, user) named in
+    /// `identity`, registered for the admin console from the start.
     pub async fn connect(
         address: Arc<ServerAddress>,
         login: &LoginInfo,
+        identity: (Arc<Registry>, &str, &str),
     ) -> Result<Server, ServerError> {
+        let (registry, db, user) = identity;
+        let (info, registration) = registry.add_server(NewServer {
+            db: db.to_string(),
+            user: user.to_string(),
+            host: address.host.clone(),
+            port: address.port,
+            database: address.database.clone(),
+            role: address.role.as_str(),
+        });
         let deadline = login.connect_timeout;
-        match tokio::time::timeout(deadline, Self::connect_inner(address.clone(), login)).await {
+        let connecting = Self::connect_inner(address.clone(), login, info, registration);
+        match tokio::time::timeout(deadline, connecting).await {
             Ok(r) => r,
             Err(_) => Err(ServerError::ConnectTimeout(address.to_string())),
         }
@@ -209,6 +226,8 @@ impl Server {
     async fn connect_inner(
         address: Arc<ServerAddress>,
         login: &LoginInfo,
+        info: Arc<ServerInfo>,
+        registration: Registration,
     ) -> Result<Server, ServerError> {
         let addr = address.to_string();
         let mut stream = net::connect(&address.host, address.port, &login.socket)
@@ -217,6 +236,11 @@ impl Server {
                 addr: addr.clone(),
                 source,
             })?;
+        {
+            use std::os::fd::AsRawFd;
+            *info.local.lock() = stream.local_addr().ok();
+            info.fd.store(stream.as_raw_fd(), Ordering::Relaxed);
+        }
         let timeout = login.statement_timeout.to_string();
         let mut startup: Vec<(&str, &str)> = vec![
             ("user", login.user.as_str()),
@@ -264,6 +288,11 @@ impl Server {
             }
         }
         let now = Instant::now();
+        info.remote_pid.store(key.0, Ordering::Relaxed);
+        if let Some(app) = params.get("application_name") {
+            *info.application_name.lock() = app.to_string();
+        }
+        info.set_state(ServerState::Idle, 0);
         Ok(Server {
             stream,
             address,
@@ -271,11 +300,13 @@ impl Server {
             backend_pid: key.0,
             secret_key: key.1,
             statements: ServerStatements::default(),
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: info.id,
             created: now,
             last_used: now,
             broken: false,
             dirty: false,
+            info,
+            _registration: registration,
         })
     }
 

@@ -1,10 +1,77 @@
-//! Counters live on the pool they describe, as relaxed atomics, so the
-//! hot path never sends a message or takes a lock to count. A snapshot
-//! reads them when someone asks.
+//! Counters, gauges and the connection registry, and [`Snapshot`]: the
+//! one view the admin console, the Prometheus exporter and the dashboard
+//! read.
+//!
+//! Counters live on the pool they describe as relaxed atomics, so the hot
+//! path never sends a message or takes a lock to count; sessions add
+//! their local counts once per transaction. Clients and server
+//! connections register themselves once per connection and publish their
+//! state with atomic stores.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Totals and gauges of one (pool, user).
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::net::SocketInfo;
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Totals of one (pool, user), as PgBouncer's SHOW STATS names them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub xact_count: u64,
+    pub query_count: u64,
+    pub server_assignment_count: u64,
+    pub received: u64,
+    pub sent: u64,
+    pub xact_time_us: u64,
+    pub query_time_us: u64,
+    pub wait_time_us: u64,
+    pub client_parse_count: u64,
+    pub server_parse_count: u64,
+    pub bind_count: u64,
+    pub client_login_count: u64,
+    pub errors: u64,
+}
+
+/// Rates over the last stats period: counts and bytes per second, times
+/// as averages per transaction or query, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Averages {
+    pub xact_count: f64,
+    pub query_count: f64,
+    pub server_assignment_count: f64,
+    pub received: f64,
+    pub sent: f64,
+    pub xact_time_us: f64,
+    pub query_time_us: f64,
+    pub wait_time_us: f64,
+    pub client_parse_count: f64,
+    pub server_parse_count: f64,
+    pub bind_count: f64,
+    pub client_login_count: f64,
+}
+
+/// The live counters of one (pool, user). They survive reloads: a
+/// rebuilt pool keeps counting where the old one stopped.
 #[derive(Debug, Default)]
 pub struct PoolStats {
     pub xact_count: AtomicU64,
@@ -13,7 +80,11 @@ pub struct PoolStats {
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub xact_time_us: AtomicU64,
+    pub query_time_us: AtomicU64,
     pub wait_time_us: AtomicU64,
+    pub client_parse_count: AtomicU64,
+    pub server_parse_count: AtomicU64,
+    pub bind_count: AtomicU64,
     pub client_logins: AtomicU64,
     pub errors: AtomicU64,
     /// Clients logged in.
@@ -22,15 +93,97 @@ pub struct PoolStats {
     pub clients_waiting: AtomicI64,
     /// Clients holding a server connection right now.
     pub clients_active: AtomicI64,
+    period: Mutex<Period>,
+}
+
+/// Totals at the start of the current stats period, and the averages of
+/// the period before.
+#[derive(Debug)]
+struct Period {
+    started: Instant,
+    totals: Totals,
+    averages: Averages,
+}
+
+impl Default for Period {
+    fn default() -> Self {
+        Period {
+            started: Instant::now(),
+            totals: Totals::default(),
+            averages: Averages::default(),
+        }
+    }
 }
 
 impl PoolStats {
     pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+        if n > 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    pub fn totals(&self) -> Totals {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Totals {
+            xact_count: g(&self.xact_count),
+            query_count: g(&self.query_count),
+            server_assignment_count: g(&self.server_assignment_count),
+            received: g(&self.bytes_received),
+            sent: g(&self.bytes_sent),
+            xact_time_us: g(&self.xact_time_us),
+            query_time_us: g(&self.query_time_us),
+            wait_time_us: g(&self.wait_time_us),
+            client_parse_count: g(&self.client_parse_count),
+            server_parse_count: g(&self.server_parse_count),
+            bind_count: g(&self.bind_count),
+            client_login_count: g(&self.client_logins),
+            errors: g(&self.errors),
+        }
+    }
+
+    /// Closes the current stats period and computes its averages; called
+    /// by the stats task every period.
+    pub fn roll_period(&self) {
+        let now = Instant::now();
+        let totals = self.totals();
+        let mut period = self.period.lock();
+        let (started, before) = (period.started, period.totals);
+        let secs = now.duration_since(started).as_secs_f64().max(0.001);
+        let d = |a: u64, b: u64| a.saturating_sub(b) as f64;
+        let xacts = d(totals.xact_count, before.xact_count);
+        let queries = d(totals.query_count, before.query_count);
+        let assignments = d(
+            totals.server_assignment_count,
+            before.server_assignment_count,
+        );
+        let per = |t: f64, n: f64| if n > 0.0 { t / n } else { 0.0 };
+        let averages = Averages {
+            xact_count: xacts / secs,
+            query_count: queries / secs,
+            server_assignment_count: assignments / secs,
+            received: d(totals.received, before.received) / secs,
+            sent: d(totals.sent, before.sent) / secs,
+            xact_time_us: per(d(totals.xact_time_us, before.xact_time_us), xacts),
+            query_time_us: per(d(totals.query_time_us, before.query_time_us), queries),
+            wait_time_us: per(d(totals.wait_time_us, before.wait_time_us), assignments),
+            client_parse_count: d(totals.client_parse_count, before.client_parse_count) / secs,
+            server_parse_count: d(totals.server_parse_count, before.server_parse_count) / secs,
+            bind_count: d(totals.bind_count, before.bind_count) / secs,
+            client_login_count: d(totals.client_login_count, before.client_login_count) / secs,
+        };
+        *period = Period {
+            started: now,
+            totals,
+            averages,
+        };
+    }
+
+    pub fn averages(&self) -> Averages {
+        self.period.lock().averages
     }
 }
 
@@ -48,5 +201,588 @@ impl<'a> GaugeGuard<'a> {
 impl Drop for GaugeGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ClientState {
+    /// Logged in, no request in flight.
+    Idle = 0,
+    /// Waiting for a server connection.
+    Waiting = 1,
+    /// Holding a server connection.
+    Active = 2,
+}
+
+impl ClientState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => ClientState::Waiting,
+            2 => ClientState::Active,
+            _ => ClientState::Idle,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientState::Idle => "idle",
+            ClientState::Waiting => "waiting",
+            ClientState::Active => "active",
+        }
+    }
+}
+
+/// One client connection, as the admin console shows it.
+#[derive(Debug)]
+pub struct ClientInfo {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub db: String,
+    pub user: String,
+    pub admin: bool,
+    pub application_name: Mutex<String>,
+    pub connect_time: SystemTime,
+    state: AtomicU8,
+    /// Unix microseconds when the current or last request began.
+    request_time: AtomicU64,
+    /// Unix microseconds when the client started waiting (0: not waiting).
+    wait_start: AtomicU64,
+    /// Id of the server connection it holds (0: none).
+    server: AtomicU64,
+    /// Cancelled by KILL and forced shutdown: ends the session at once.
+    pub kill: CancellationToken,
+    /// The socket, for keepalive read-back; valid while registered.
+    pub fd: std::os::fd::RawFd,
+}
+
+impl ClientInfo {
+    pub fn set_waiting(&self) {
+        let now = now_us();
+        self.request_time.store(now, Ordering::Relaxed);
+        self.wait_start.store(now, Ordering::Relaxed);
+        self.state
+            .store(ClientState::Waiting as u8, Ordering::Relaxed);
+    }
+
+    pub fn set_active(&self, server: u64) {
+        self.wait_start.store(0, Ordering::Relaxed);
+        self.server.store(server, Ordering::Relaxed);
+        self.state
+            .store(ClientState::Active as u8, Ordering::Relaxed);
+    }
+
+    pub fn set_idle(&self) {
+        self.wait_start.store(0, Ordering::Relaxed);
+        self.server.store(0, Ordering::Relaxed);
+        self.state.store(ClientState::Idle as u8, Ordering::Relaxed);
+    }
+
+    pub fn state(&self) -> ClientState {
+        ClientState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ServerState {
+    /// Connecting and logging in.
+    Login = 0,
+    /// In the pool.
+    Idle = 1,
+    /// Checked out by a client.
+    Active = 2,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Login => "login",
+            ServerState::Idle => "idle",
+            ServerState::Active => "active",
+        }
+    }
+}
+
+/// One server connection, as the admin console shows it.
+#[derive(Debug)]
+pub struct ServerInfo {
+    pub id: u64,
+    /// The pool (database name clients use) and user it belongs to.
+    pub db: String,
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub role: &'static str,
+    pub local: Mutex<Option<SocketAddr>>,
+    pub remote_pid: AtomicI32,
+    pub connect_time: SystemTime,
+    state: AtomicU8,
+    request_time: AtomicU64,
+    client: AtomicU64,
+    pub application_name: Mutex<String>,
+    /// The socket, for keepalive read-back; -1 until connected.
+    pub fd: AtomicI32,
+}
+
+impl ServerInfo {
+    pub fn set_state(&self, state: ServerState, client: u64) {
+        if state == ServerState::Active {
+            self.request_time.store(now_us(), Ordering::Relaxed);
+        }
+        self.client.store(client, Ordering::Relaxed);
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn state(&self) -> ServerState {
+        match self.state.load(Ordering::Relaxed) {
+            0 => ServerState::Login,
+            2 => ServerState::Active,
+            _ => ServerState::Idle,
+        }
+    }
+}
+
+/// Every client and server connection of the process.
+#[derive(Debug, Default)]
+pub struct Registry {
+    next_id: AtomicU64,
+    clients: Mutex<HashMap<u64, Arc<ClientInfo>>>,
+    servers: Mutex<HashMap<u64, Arc<ServerInfo>>>,
+}
+
+/// Removes an entry from the registry when dropped.
+pub struct Registration {
+    registry: Arc<Registry>,
+    id: u64,
+    server: bool,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if self.server {
+            self.registry.servers.lock().remove(&self.id);
+        } else {
+            self.registry.clients.lock().remove(&self.id);
+        }
+    }
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Registration({})", self.id)
+    }
+}
+
+pub struct NewClient {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub db: String,
+    pub user: String,
+    pub admin: bool,
+    pub application_name: String,
+    pub kill: CancellationToken,
+    pub fd: std::os::fd::RawFd,
+}
+
+pub struct NewServer {
+    pub db: String,
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub role: &'static str,
+}
+
+impl Registry {
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn add_client(self: &Arc<Self>, c: NewClient) -> (Arc<ClientInfo>, Registration) {
+        let id = self.next_id();
+        let now = now_us();
+        let info = Arc::new(ClientInfo {
+            id,
+            peer: c.peer,
+            local: c.local,
+            db: c.db,
+            user: c.user,
+            admin: c.admin,
+            application_name: Mutex::new(c.application_name),
+            connect_time: SystemTime::now(),
+            state: AtomicU8::new(ClientState::Idle as u8),
+            request_time: AtomicU64::new(now),
+            wait_start: AtomicU64::new(0),
+            server: AtomicU64::new(0),
+            kill: c.kill,
+            fd: c.fd,
+        });
+        self.clients.lock().insert(id, info.clone());
+        (
+            info,
+            Registration {
+                registry: self.clone(),
+                id,
+                server: false,
+            },
+        )
+    }
+
+    pub fn add_server(self: &Arc<Self>, s: NewServer) -> (Arc<ServerInfo>, Registration) {
+        let id = self.next_id();
+        let info = Arc::new(ServerInfo {
+            id,
+            db: s.db,
+            user: s.user,
+            host: s.host,
+            port: s.port,
+            database: s.database,
+            role: s.role,
+            local: Mutex::new(None),
+            remote_pid: AtomicI32::new(0),
+            connect_time: SystemTime::now(),
+            state: AtomicU8::new(ServerState::Login as u8),
+            request_time: AtomicU64::new(now_us()),
+            client: AtomicU64::new(0),
+            application_name: Mutex::new(String::new()),
+            fd: AtomicI32::new(-1),
+        });
+        self.servers.lock().insert(id, info.clone());
+        (
+            info,
+            Registration {
+                registry: self.clone(),
+                id,
+                server: true,
+            },
+        )
+    }
+
+    pub fn clients(&self) -> Vec<Arc<ClientInfo>> {
+        let mut v: Vec<_> = self.clients.lock().values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    pub fn servers(&self) -> Vec<Arc<ServerInfo>> {
+        let mut v: Vec<_> = self.servers.lock().values().cloned().collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    /// Ends the sessions of clients connected to `db` (all when None).
+    pub fn kill_clients(&self, db: Option<&str>) -> usize {
+        let clients = self.clients.lock();
+        let mut n = 0;
+        for c in clients.values() {
+            if !c.admin && db.is_none_or(|d| d == c.db) {
+                c.kill.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// Reads keepalive settings and TCP_INFO of a registered socket.
+fn read_socket(fd: std::os::fd::RawFd) -> Option<SocketInfo> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the fd belongs to a connection that is still registered;
+    // entries are removed before their socket is closed, and the borrow
+    // does not outlive this call.
+    let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    super::net::socket_info(socket2::SockRef::from(&sock)).ok()
+}
+
+/// What happened at one reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadRecord {
+    pub at_unix: u64,
+    /// "SIGHUP", "RELOAD", "autoreload", ...
+    pub trigger: String,
+    pub ok: bool,
+    pub error: Option<String>,
+    /// Pools (database names) rebuilt, added or removed.
+    pub changed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolServerSnapshot {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub role: &'static str,
+    pub shard: usize,
+    pub banned: bool,
+    pub ban_remaining_s: u64,
+    pub last_error: Option<String>,
+    pub connections: u32,
+    pub idle: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolSnapshot {
+    pub db: String,
+    pub user: String,
+    pub server_user: String,
+    pub mode: &'static str,
+    pub config_hash: u64,
+    pub built_at_unix: u64,
+    pub pool_size: u32,
+    pub min_pool_size: u32,
+    pub server_lifetime_ms: u64,
+    pub paused: bool,
+    pub cl_active: u64,
+    pub cl_waiting: u64,
+    pub cl_idle: u64,
+    pub sv_active: u64,
+    pub sv_idle: u64,
+    pub sv_login: u64,
+    pub sv_used: u64,
+    pub maxwait_us: u64,
+    pub totals: Totals,
+    pub averages: Averages,
+    pub servers: Vec<PoolServerSnapshot>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientSnapshot {
+    pub id: u64,
+    pub db: String,
+    pub user: String,
+    pub admin: bool,
+    pub state: &'static str,
+    pub addr: String,
+    pub port: u16,
+    pub local_addr: String,
+    pub local_port: u16,
+    pub connect_time_unix: u64,
+    pub request_time_unix: u64,
+    pub wait_us: u64,
+    pub server_id: u64,
+    pub application_name: String,
+    pub socket: Option<SocketInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerSnapshot {
+    pub id: u64,
+    pub db: String,
+    pub user: String,
+    pub state: &'static str,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub role: &'static str,
+    pub local_addr: String,
+    pub local_port: u16,
+    pub connect_time_unix: u64,
+    pub request_time_unix: u64,
+    pub client_id: u64,
+    pub remote_pid: i32,
+    pub application_name: String,
+    pub socket: Option<SocketInfo>,
+}
+
+/// Everything the admin console, the exporter and the dashboard show, read
+/// at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub version: &'static str,
+    pub listen: String,
+    pub config_path: Option<String>,
+    pub started_at_unix: u64,
+    pub taken_at_unix: u64,
+    pub pools: Vec<PoolSnapshot>,
+    pub clients: Vec<ClientSnapshot>,
+    pub servers: Vec<ServerSnapshot>,
+    pub reloads: Vec<ReloadRecord>,
+    pub reload_count: u64,
+    pub reload_failures: u64,
+}
+
+impl Snapshot {
+    /// Reads the registry and the pools. `with_sockets` adds TCP_INFO
+    /// read-back for every connection (one getsockopt each).
+    pub fn take(shared: &super::Shared, with_sockets: bool) -> Snapshot {
+        let now = now_us();
+        let clients: Vec<ClientSnapshot> = shared
+            .registry
+            .clients()
+            .iter()
+            .map(|c| {
+                let state = c.state();
+                let wait_start = c.wait_start.load(Ordering::Relaxed);
+                ClientSnapshot {
+                    id: c.id,
+                    db: c.db.clone(),
+                    user: c.user.clone(),
+                    admin: c.admin,
+                    state: state.as_str(),
+                    addr: c.peer.ip().to_string(),
+                    port: c.peer.port(),
+                    local_addr: c.local.ip().to_string(),
+                    local_port: c.local.port(),
+                    connect_time_unix: unix_secs(c.connect_time),
+                    request_time_unix: c.request_time.load(Ordering::Relaxed) / 1_000_000,
+                    wait_us: if state == ClientState::Waiting && wait_start > 0 {
+                        now.saturating_sub(wait_start)
+                    } else {
+                        0
+                    },
+                    server_id: c.server.load(Ordering::Relaxed),
+                    application_name: c.application_name.lock().clone(),
+                    socket: if with_sockets {
+                        read_socket(c.fd)
+                    } else {
+                        None
+                    },
+                }
+            })
+            .collect();
+        let servers: Vec<ServerSnapshot> = shared
+            .registry
+            .servers()
+            .iter()
+            .map(|s| {
+                let local = *s.local.lock();
+                ServerSnapshot {
+                    id: s.id,
+                    db: s.db.clone(),
+                    user: s.user.clone(),
+                    state: s.state().as_str(),
+                    host: s.host.clone(),
+                    port: s.port,
+                    database: s.database.clone(),
+                    role: s.role,
+                    local_addr: local.map(|a| a.ip().to_string()).unwrap_or_default(),
+                    local_port: local.map(|a| a.port()).unwrap_or(0),
+                    connect_time_unix: unix_secs(s.connect_time),
+                    request_time_unix: s.request_time.load(Ordering::Relaxed) / 1_000_000,
+                    client_id: s.client.load(Ordering::Relaxed),
+                    remote_pid: s.remote_pid.load(Ordering::Relaxed),
+                    application_name: s.application_name.lock().clone(),
+                    socket: if with_sockets {
+                        read_socket(s.fd.load(Ordering::Relaxed))
+                    } else {
+                        None
+                    },
+                }
+            })
+            .collect();
+
+        let pools_set = shared.pools.load();
+        let mut pools: Vec<PoolSnapshot> = pools_set
+            .iter()
+            .map(|p| {
+                let st = &p.state.stats;
+                let mine = |c: &&ClientSnapshot| {
+                    !c.admin && c.db == p.settings.db && c.user == p.settings.user
+                };
+                let cl: Vec<&ClientSnapshot> = clients.iter().filter(mine).collect();
+                let count = |s: &str| cl.iter().filter(|c| c.state == s).count() as u64;
+                let sv: Vec<&ServerSnapshot> = servers
+                    .iter()
+                    .filter(|s| s.db == p.settings.db && s.user == p.settings.user)
+                    .collect();
+                let svc = |s: &str| sv.iter().filter(|x| x.state == s).count() as u64;
+                let used_after = p.settings.healthcheck_delay.as_secs();
+                let sv_used = sv
+                    .iter()
+                    .filter(|x| {
+                        x.state == "idle"
+                            && (now / 1_000_000).saturating_sub(x.request_time_unix) > used_after
+                    })
+                    .count() as u64;
+                PoolSnapshot {
+                    db: p.settings.db.clone(),
+                    user: p.settings.user.clone(),
+                    server_user: p.settings.login.user.clone(),
+                    mode: p.settings.mode.as_str(),
+                    config_hash: p.config_hash,
+                    built_at_unix: unix_secs(p.built_at),
+                    pool_size: p.settings.pool_size,
+                    min_pool_size: p.settings.min_pool_size,
+                    server_lifetime_ms: p
+                        .settings
+                        .server_lifetime
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
+                    paused: p.state.is_paused(),
+                    cl_active: count("active"),
+                    cl_waiting: count("waiting"),
+                    cl_idle: count("idle"),
+                    sv_active: svc("active"),
+                    sv_idle: svc("idle") - sv_used,
+                    sv_login: svc("login"),
+                    sv_used,
+                    maxwait_us: cl.iter().map(|c| c.wait_us).max().unwrap_or(0),
+                    totals: st.totals(),
+                    averages: st.averages(),
+                    servers: p
+                        .shards
+                        .iter()
+                        .flatten()
+                        .map(|s| {
+                            let state = s.pool.state();
+                            PoolServerSnapshot {
+                                host: s.address.host.clone(),
+                                port: s.address.port,
+                                database: s.address.database.clone(),
+                                role: s.address.role.as_str(),
+                                shard: s.address.shard,
+                                banned: s.is_banned(),
+                                ban_remaining_s: s
+                                    .ban_remaining()
+                                    .map(|d| d.as_secs())
+                                    .unwrap_or(0),
+                                last_error: s.last_error(),
+                                connections: state.connections,
+                                idle: state.idle_connections,
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        pools.sort_by(|a, b| (&a.db, &a.user).cmp(&(&b.db, &b.user)));
+        let config = shared.config.load();
+        let (reloads, reload_count, reload_failures) = shared.reload_history();
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            listen: shared.listen_addr.to_string(),
+            config_path: config.path.as_ref().map(|p| p.display().to_string()),
+            started_at_unix: unix_secs(shared.started_at),
+            taken_at_unix: now / 1_000_000,
+            pools,
+            clients,
+            servers,
+            reloads,
+            reload_count,
+            reload_failures,
+        }
+    }
+}
+
+/// How often averages are recomputed.
+pub const STATS_PERIOD: Duration = Duration::from_secs(15);
+
+/// Rolls every pool's stats period until the proxy stops.
+pub async fn run_stats_task(shared: Arc<super::Shared>) {
+    let mut tick = tokio::time::interval(STATS_PERIOD);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for p in shared.pools.load().iter() {
+            p.state.stats.roll_period();
+        }
+        if shared.is_shutting_down() {
+            break;
+        }
     }
 }

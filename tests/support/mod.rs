@@ -711,3 +711,99 @@ pub async fn run_tool_async(cmd: Command, timeout: Duration) -> std::process::Ou
         .await
         .unwrap()
 }
+
+/// A config file on disk, for tests that reload.
+pub struct ConfigFile {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl ConfigFile {
+    pub fn new(text: &str) -> ConfigFile {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pgcat.toml");
+        let f = ConfigFile { _dir: dir, path };
+        f.write(text);
+        f
+    }
+
+    /// Replaces the content atomically, so a watcher never reads half a
+    /// file.
+    pub fn write(&self, text: &str) {
+        let tmp = self.path.with_extension("tmp");
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, &self.path).unwrap();
+    }
+}
+
+impl TestProxy {
+    /// pgcat started from a config file, so RELOAD and autoreload work.
+    pub async fn start_file(file: &ConfigFile) -> TestProxy {
+        let (config, _warnings) = Config::load(&file.path).expect("valid test config");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("pgcat-under-test")
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = runtime
+            .spawn(Proxy::start(config, std::future::pending()))
+            .await
+            .unwrap()
+            .expect("start pgcat");
+        let port = handle.local_addr().port();
+        TestProxy {
+            handle,
+            port,
+            runtime: Some(runtime),
+        }
+    }
+
+    pub fn admin_conn_str(&self) -> String {
+        admin_conn_str(self.port)
+    }
+
+    pub async fn admin(&self) -> tokio_postgres::Client {
+        connect(&self.admin_conn_str()).await
+    }
+}
+
+pub fn admin_conn_str(port: u16) -> String {
+    format!("host=127.0.0.1 port={port} user={ADMIN_USER} password={ADMIN_PASSWORD} dbname=pgcat")
+}
+
+/// Rows of an admin command as column -> value maps.
+pub async fn admin_rows(
+    client: &tokio_postgres::Client,
+    command: &str,
+) -> Vec<std::collections::HashMap<String, Option<String>>> {
+    let messages = client
+        .simple_query(command)
+        .await
+        .unwrap_or_else(|e| panic!("{command}: {e:?}"));
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.name().to_string(), r.get(i).map(str::to_string)))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The row of SHOW POOLS for a database.
+pub async fn pool_row(
+    admin: &tokio_postgres::Client,
+    db: &str,
+) -> std::collections::HashMap<String, Option<String>> {
+    admin_rows(admin, "SHOW POOLS")
+        .await
+        .into_iter()
+        .find(|r| r["database"].as_deref() == Some(db))
+        .unwrap_or_else(|| panic!("no SHOW POOLS row for {db}"))
+}

@@ -1,15 +1,22 @@
 //! Server connection pools. One bb8 pool per (pool, user, shard, server);
 //! a [`UserPool`] groups those of one (pool, user) and picks a server for
 //! each checkout; a [`PoolSet`] maps database and user names to them.
+//!
+//! A reload replaces a `UserPool` whose config hash changed. What must
+//! outlive the replacement lives in [`PoolState`]: the counters, the pause
+//! flag, and one FIFO semaphore per server whose permits bound the
+//! connections in use by *all* generations of the pool together. A
+//! replaced pool is retired: its idle connections close at once, busy
+//! ones when their client is done.
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use rand::Rng;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::auth::ClientAuth;
 use super::config::{
@@ -17,29 +24,137 @@ use super::config::{
 };
 use super::net::SocketSettings;
 use super::server::{LoginInfo, Params, Server, ServerAddress, ServerError};
-use super::stats::PoolStats;
+use super::stats::{PoolStats, Registry, ServerState};
 
-/// A checked-out server connection. bb8 hands connections to whichever
-/// task asks first after a release, so a client that releases and asks
-/// again at once would starve clients already waiting; a FIFO semaphore
-/// with one permit per connection queues checkouts fairly in front of it.
+/// Per (pool, user): what survives a rebuild of the pool.
+#[derive(Debug)]
+pub struct PoolState {
+    pub stats: PoolStats,
+    paused: watch::Sender<bool>,
+    /// Hashes of statements PostgreSQL accepted for this pool: a client
+    /// preparing one of these gets ParseComplete from pgcat without
+    /// waiting for a server.
+    pub known_statements: Mutex<HashSet<u64>>,
+    /// Connection permits per server, shared by every generation.
+    slots: Mutex<HashMap<SlotKey, Arc<Slot>>>,
+}
+
+type SlotKey = (String, u16, String);
+
+impl Default for PoolState {
+    fn default() -> Self {
+        PoolState {
+            stats: PoolStats::default(),
+            paused: watch::channel(false).0,
+            known_statements: Mutex::new(HashSet::new()),
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl PoolState {
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
+    /// Waits while the pool is paused.
+    pub async fn wait_unpaused(&self) {
+        let mut rx = self.paused.subscribe();
+        let _ = rx.wait_for(|p| !*p).await;
+    }
+
+    /// The permit slot for a server, sized to `size` connections.
+    fn slot(&self, address: &ServerAddress, size: usize) -> Arc<Slot> {
+        let key = (address.host.clone(), address.port, address.database.clone());
+        let mut slots = self.slots.lock();
+        let slot = slots.entry(key).or_insert_with(|| {
+            Arc::new(Slot {
+                semaphore: Arc::new(Semaphore::new(0)),
+                size: Mutex::new(0),
+                debt: AtomicUsize::new(0),
+            })
+        });
+        slot.resize(size);
+        slot.clone()
+    }
+}
+
+/// Permits for one server. Shrinking cannot take back permits in use, so
+/// it records a debt that returning permits pay off.
+#[derive(Debug)]
+struct Slot {
+    semaphore: Arc<Semaphore>,
+    size: Mutex<usize>,
+    debt: AtomicUsize,
+}
+
+impl Slot {
+    fn resize(&self, new: usize) {
+        let mut size = self.size.lock();
+        if new > *size {
+            let mut grow = new - *size;
+            let debt = self.debt.load(Ordering::Relaxed);
+            let paid = debt.min(grow);
+            self.debt.fetch_sub(paid, Ordering::Relaxed);
+            grow -= paid;
+            self.semaphore.add_permits(grow);
+        } else if new < *size {
+            let cut = *size - new;
+            let taken = self.semaphore.forget_permits(cut);
+            self.debt.fetch_add(cut - taken, Ordering::Relaxed);
+        }
+        *size = new;
+    }
+
+    fn release(&self, permit: OwnedSemaphorePermit) {
+        let paid = self
+            .debt
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1))
+            .is_ok();
+        if paid {
+            permit.forget();
+        }
+    }
+}
+
+/// A checked-out server connection. bb8 hands a released connection to
+/// whichever task asks first, so a client that releases and asks again at
+/// once would starve clients already waiting; the FIFO semaphore in front
+/// of it queues checkouts fairly.
 pub struct PooledServer {
-    // Dropped first: the connection is back in bb8 before the permit
-    // lets the next waiter ask for it.
-    conn: bb8::PooledConnection<'static, ServerManager>,
-    _permit: OwnedSemaphorePermit,
+    conn: Option<bb8::PooledConnection<'static, ServerManager>>,
+    permit: Option<OwnedSemaphorePermit>,
+    slot: Arc<Slot>,
+}
+
+impl Drop for PooledServer {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.as_ref() {
+            conn.info.set_state(ServerState::Idle, 0);
+        }
+        // The connection is back in bb8 before the permit lets the next
+        // waiter ask for it.
+        drop(self.conn.take());
+        if let Some(p) = self.permit.take() {
+            self.slot.release(p);
+        }
+    }
 }
 
 impl std::ops::Deref for PooledServer {
     type Target = Server;
     fn deref(&self) -> &Server {
-        &self.conn
+        self.conn.as_ref().expect("present until drop")
     }
 }
 
 impl std::ops::DerefMut for PooledServer {
     fn deref_mut(&mut self) -> &mut Server {
-        &mut self.conn
+        self.conn.as_mut().expect("present until drop")
     }
 }
 
@@ -51,6 +166,12 @@ pub struct ServerManager {
     healthcheck_timeout: Duration,
     /// The last connect failure, shown to clients that time out waiting.
     last_error: Arc<Mutex<Option<(Instant, String)>>>,
+    /// Set when the pool is replaced: connections close instead of going
+    /// back to the pool, and no new ones open.
+    retired: Arc<AtomicBool>,
+    registry: Arc<Registry>,
+    db: String,
+    user: String,
 }
 
 impl bb8::ManageConnection for ServerManager {
@@ -58,7 +179,11 @@ impl bb8::ManageConnection for ServerManager {
     type Error = ServerError;
 
     async fn connect(&self) -> Result<Server, ServerError> {
-        match Server::connect(self.address.clone(), &self.login).await {
+        if self.retired.load(Ordering::Relaxed) {
+            return Err(ServerError::Retired);
+        }
+        let identity = (self.registry.clone(), self.db.as_str(), self.user.as_str());
+        match Server::connect(self.address.clone(), &self.login, identity).await {
             Ok(s) => {
                 *self.last_error.lock() = None;
                 Ok(s)
@@ -72,6 +197,9 @@ impl bb8::ManageConnection for ServerManager {
     }
 
     async fn is_valid(&self, conn: &mut Server) -> Result<(), ServerError> {
+        if self.retired.load(Ordering::Relaxed) {
+            return Err(ServerError::Retired);
+        }
         // A connection used moments ago is fine; checking it would cost a
         // round trip per transaction.
         if conn.last_used.elapsed() < self.healthcheck_delay {
@@ -83,7 +211,7 @@ impl bb8::ManageConnection for ServerManager {
     }
 
     fn has_broken(&self, conn: &mut Server) -> bool {
-        conn.broken
+        conn.broken || self.retired.load(Ordering::Relaxed)
     }
 }
 
@@ -91,27 +219,34 @@ impl bb8::ManageConnection for ServerManager {
 pub struct ServerPool {
     pub address: Arc<ServerAddress>,
     pub pool: bb8::Pool<ServerManager>,
-    /// One permit per connection; waiters are served in arrival order.
-    permits: Arc<Semaphore>,
+    slot: Arc<Slot>,
     banned_until: Mutex<Option<Instant>>,
     last_error: Arc<Mutex<Option<(Instant, String)>>>,
 }
 
 impl ServerPool {
     pub fn is_banned(&self) -> bool {
+        self.ban_remaining().is_some()
+    }
+
+    pub fn ban_remaining(&self) -> Option<Duration> {
         let mut b = self.banned_until.lock();
         match *b {
-            Some(t) if t > Instant::now() => true,
+            Some(t) if t > Instant::now() => Some(t - Instant::now()),
             Some(_) => {
                 *b = None;
-                false
+                None
             }
-            None => false,
+            None => None,
         }
     }
 
     fn ban(&self, time: Duration) {
         *self.banned_until.lock() = Some(Instant::now() + time);
+    }
+
+    pub fn unban(&self) {
+        *self.banned_until.lock() = None;
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -229,6 +364,10 @@ pub enum CheckoutError {
     },
     #[error("server error: {0}")]
     Server(#[from] ServerError),
+    /// A reload replaced the pool while the client waited: ask the
+    /// current one.
+    #[error("the pool was replaced by a reload")]
+    Retired,
 }
 
 /// The servers of one (pool, user).
@@ -238,23 +377,31 @@ pub struct UserPool {
     pub shards: Vec<Vec<Arc<ServerPool>>>,
     /// The hash of the pool's config when this was built.
     pub config_hash: u64,
-    pub built_at: std::time::SystemTime,
-    pub stats: PoolStats,
+    pub built_at: SystemTime,
+    /// Counters, pause flag and permits, shared with the pool this one
+    /// replaced and the one that will replace it.
+    pub state: Arc<PoolState>,
+    retired: Arc<AtomicBool>,
+    /// Cancelled at retirement: wakes checkouts waiting on this pool.
+    retired_signal: tokio_util::sync::CancellationToken,
     /// Settings PostgreSQL reported on the first connection, sent to
     /// clients at login.
     server_params: tokio::sync::Mutex<Option<Arc<Params>>>,
-    /// Hashes of statements PostgreSQL accepted on some connection of
-    /// this pool: a client preparing one of these gets ParseComplete from
-    /// pgcat without waiting for a server.
-    pub known_statements: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl UserPool {
     /// Builds the pools; connections open lazily (or up to min_pool_size
     /// in the background), so building never waits on a server.
-    pub fn build(config: &Config, db: &str, user_key: &str) -> UserPool {
+    pub fn build(
+        config: &Config,
+        db: &str,
+        user_key: &str,
+        state: Arc<PoolState>,
+        registry: &Arc<Registry>,
+    ) -> UserPool {
         let settings = PoolSettings::resolve(config, db, user_key);
         let pool = &config.pools[db];
+        let retired = Arc::new(AtomicBool::new(false));
         let mut shards: Vec<(usize, &config::Shard)> = pool
             .shards
             .iter()
@@ -277,23 +424,32 @@ impl UserPool {
                             shard: shard_index,
                             index,
                         });
-                        Arc::new(Self::server_pool(&settings, address))
+                        Arc::new(Self::server_pool(
+                            &settings, address, &state, &retired, registry,
+                        ))
                     })
                     .collect()
             })
             .collect();
         UserPool {
             config_hash: pool_hash(&config.general, db, pool),
-            built_at: std::time::SystemTime::now(),
+            built_at: SystemTime::now(),
             settings,
             shards,
-            stats: PoolStats::default(),
+            state,
+            retired,
+            retired_signal: tokio_util::sync::CancellationToken::new(),
             server_params: tokio::sync::Mutex::new(None),
-            known_statements: Mutex::new(Default::default()),
         }
     }
 
-    fn server_pool(settings: &PoolSettings, address: Arc<ServerAddress>) -> ServerPool {
+    fn server_pool(
+        settings: &PoolSettings,
+        address: Arc<ServerAddress>,
+        state: &PoolState,
+        retired: &Arc<AtomicBool>,
+        registry: &Arc<Registry>,
+    ) -> ServerPool {
         let last_error = Arc::new(Mutex::new(None));
         let manager = ServerManager {
             address: address.clone(),
@@ -301,6 +457,10 @@ impl UserPool {
             healthcheck_delay: settings.healthcheck_delay,
             healthcheck_timeout: settings.healthcheck_timeout,
             last_error: last_error.clone(),
+            retired: retired.clone(),
+            registry: registry.clone(),
+            db: settings.db.clone(),
+            user: settings.user.clone(),
         };
         // The reaper enforces idle_timeout and server_lifetime; run it
         // often enough that neither overshoots by much.
@@ -326,12 +486,31 @@ impl UserPool {
             })
             .build_unchecked(manager);
         ServerPool {
+            slot: state.slot(&address, settings.pool_size as usize),
             address,
             pool,
-            permits: Arc::new(Semaphore::new(settings.pool_size as usize)),
             banned_until: Mutex::new(None),
             last_error,
         }
+    }
+
+    /// Takes this pool out of service after a reload replaced it: idle
+    /// connections close now, busy ones when their client releases them.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        self.retired_signal.cancel();
+        for server in self.shards.iter().flatten() {
+            // One poll of a checkout runs bb8's validity check over every
+            // idle connection; each fails (retired) and is closed.
+            let pool = server.pool.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::ZERO, pool.get()).await;
+            });
+        }
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     pub fn default_shard(&self) -> usize {
@@ -376,35 +555,46 @@ impl UserPool {
         list
     }
 
-    /// Hands out a server connection for the default shard and role.
+    /// Hands out a server connection for the default shard and role,
+    /// waiting first while the pool is paused.
     pub async fn checkout(&self) -> Result<PooledServer, CheckoutError> {
+        if self.state.is_paused() {
+            self.state.wait_unpaused().await;
+        }
         let shard = self.default_shard();
         let candidates = self.candidates(shard, self.settings.default_role);
         let started = Instant::now();
         let several = candidates.len() > 1;
         for server in &candidates {
             let deadline = self.settings.connect_timeout;
-            let got = tokio::time::timeout(deadline, async {
+            let attempt = async {
                 let permit = server
-                    .permits
+                    .slot
+                    .semaphore
                     .clone()
                     .acquire_owned()
                     .await
                     .expect("pool semaphore is never closed");
-                server.pool.get_owned().await.map(|conn| PooledServer {
-                    conn,
-                    _permit: permit,
-                })
-            })
-            .await
-            .unwrap_or(Err(bb8::RunError::TimedOut));
+                let mut guard = PooledServer {
+                    conn: None,
+                    permit: Some(permit),
+                    slot: server.slot.clone(),
+                };
+                let conn = server.pool.get_owned().await?;
+                guard.conn = Some(conn);
+                Ok::<_, bb8::RunError<ServerError>>(guard)
+            };
+            let got = tokio::select! {
+                r = tokio::time::timeout(deadline, attempt) => r.unwrap_or(Err(bb8::RunError::TimedOut)),
+                _ = self.retired_signal.cancelled() => return Err(CheckoutError::Retired),
+            };
             match got {
                 Ok(conn) => {
                     PoolStats::add(
-                        &self.stats.wait_time_us,
+                        &self.state.stats.wait_time_us,
                         started.elapsed().as_micros() as u64,
                     );
-                    PoolStats::add(&self.stats.server_assignment_count, 1);
+                    PoolStats::add(&self.state.stats.server_assignment_count, 1);
                     return Ok(conn);
                 }
                 Err(e) => {
@@ -420,7 +610,7 @@ impl UserPool {
                 }
             }
         }
-        PoolStats::add(&self.stats.errors, 1);
+        PoolStats::add(&self.state.stats.errors, 1);
         Err(CheckoutError::Timeout {
             db: self.settings.db.clone(),
             user: self.settings.user.clone(),
@@ -452,10 +642,6 @@ impl UserPool {
         }
         total
     }
-
-    pub fn clients(&self) -> i64 {
-        self.stats.clients.load(Ordering::Relaxed)
-    }
 }
 
 /// Result of looking up a login's pool.
@@ -473,28 +659,38 @@ pub struct PoolSet {
 }
 
 impl PoolSet {
-    /// Builds every pool; where `previous` has a pool with the same hash,
-    /// that pool is kept with its connections.
-    pub fn build(config: &Config, previous: Option<&PoolSet>) -> PoolSet {
+    /// Builds every pool. A pool whose hash matches the one in `previous`
+    /// is kept with its connections, unless its database is in `force`;
+    /// the others are built anew, keeping their (pool, user) state.
+    pub fn build(
+        config: &Config,
+        previous: Option<&PoolSet>,
+        registry: &Arc<Registry>,
+        force: &HashSet<String>,
+    ) -> PoolSet {
         let mut pools = HashMap::new();
         for (db, pool) in &config.pools {
             let hash = pool_hash(&config.general, db, pool);
-            let kept = previous
-                .and_then(|p| p.pools.get(db))
-                .filter(|users| users.values().all(|u| u.config_hash == hash))
-                .filter(|users| {
-                    users.len() == pool.users.len()
-                        && pool.users.values().all(|u| users.contains_key(&u.username))
-                });
+            let old = previous.and_then(|p| p.pools.get(db));
+            let kept = old.filter(|users| {
+                !force.contains(db)
+                    && users.values().all(|u| u.config_hash == hash)
+                    && users.len() == pool.users.len()
+                    && pool.users.values().all(|u| users.contains_key(&u.username))
+            });
             let users = match kept {
                 Some(users) => users.clone(),
                 None => pool
                     .users
                     .iter()
                     .map(|(key, u)| {
+                        let state = old
+                            .and_then(|users| users.get(&u.username))
+                            .map(|p| p.state.clone())
+                            .unwrap_or_default();
                         (
                             u.username.clone(),
-                            Arc::new(UserPool::build(config, db, key)),
+                            Arc::new(UserPool::build(config, db, key, state, registry)),
                         )
                     })
                     .collect(),
@@ -518,6 +714,10 @@ impl PoolSet {
         self.pools.values().flat_map(|u| u.values())
     }
 
+    pub fn databases(&self) -> impl Iterator<Item = &String> {
+        self.pools.keys()
+    }
+
     /// Names of databases whose pools differ between two sets.
     pub fn changed_since(&self, previous: &PoolSet) -> Vec<String> {
         let mut changed: Vec<String> = self
@@ -525,9 +725,12 @@ impl PoolSet {
             .iter()
             .filter(|(db, users)| match previous.pools.get(*db) {
                 None => true,
-                Some(old) => users
-                    .iter()
-                    .any(|(u, p)| old.get(u).is_none_or(|o| !Arc::ptr_eq(o, p))),
+                Some(old) => {
+                    old.len() != users.len()
+                        || users
+                            .iter()
+                            .any(|(u, p)| old.get(u).is_none_or(|o| !Arc::ptr_eq(o, p)))
+                }
             })
             .map(|(db, _)| db.clone())
             .collect();
@@ -540,5 +743,15 @@ impl PoolSet {
         );
         changed.sort();
         changed
+    }
+
+    /// Retires the pools of `previous` that this set does not keep.
+    pub fn retire_replaced(&self, previous: &PoolSet) {
+        for old in previous.iter() {
+            let kept = self.iter().any(|p| Arc::ptr_eq(p, old));
+            if !kept {
+                old.retire();
+            }
+        }
     }
 }

@@ -1,0 +1,435 @@
+//! The admin console: clients that connect to database `pgcat` or
+//! `pgbouncer` as `admin_username` get PgBouncer's console commands over
+//! the simple query protocol. Where PgBouncer has a command, its columns
+//! come first and in its order, so existing monitoring keeps working;
+//! pgcat's own columns follow.
+//!
+//! Each command lives in its own file behind [`Command`].
+
+mod kill;
+mod pause;
+mod reconnect;
+mod reload;
+mod resume;
+mod set;
+mod show_bans;
+mod show_clients;
+mod show_config;
+mod show_databases;
+mod show_help;
+mod show_lists;
+mod show_pools;
+mod show_servers;
+mod show_stats;
+mod show_users;
+mod show_version;
+mod shutdown;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::{self, ClientAuth, ClientAuthError};
+use super::protocol::messages::{self, Severity};
+use super::stats::{NewClient, Snapshot};
+use super::{wire, Shared};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One admin command.
+pub trait Command: Send + Sync {
+    /// The words that name it, upper case: `["SHOW", "POOLS"]`.
+    fn words(&self) -> &'static [&'static str];
+    /// Arguments and purpose, for SHOW HELP.
+    fn help(&self) -> &'static str;
+    /// Runs it with the words that follow its name.
+    fn run<'a>(
+        &'a self,
+        ctx: &'a Context,
+        args: &'a [String],
+    ) -> BoxFuture<'a, Result<Reply, AdminError>>;
+}
+
+/// What a command answers.
+pub enum Reply {
+    Rows(Table),
+    /// A command tag only, e.g. "RELOAD".
+    Done(String),
+}
+
+/// A command that failed: the SQLSTATE and message of its ErrorResponse.
+#[derive(Debug)]
+pub struct AdminError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl AdminError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        AdminError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What commands can reach.
+pub struct Context {
+    pub shared: Arc<Shared>,
+}
+
+impl Context {
+    pub fn snapshot(&self) -> Snapshot {
+        self.shared.snapshot(true)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Int,
+}
+
+/// A result set in column order.
+pub struct Table {
+    columns: Vec<(&'static str, Kind)>,
+    rows: Vec<Vec<Option<String>>>,
+}
+
+impl Table {
+    pub fn new(columns: &[(&'static str, Kind)]) -> Self {
+        Table {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, values: Vec<Option<String>>) {
+        debug_assert_eq!(values.len(), self.columns.len());
+        self.rows.push(values);
+    }
+
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        self.columns.iter().map(|(n, _)| *n)
+    }
+
+    pub fn rows(&self) -> &[Vec<Option<String>>] {
+        &self.rows
+    }
+
+    fn encode(&self, out: &mut BytesMut) {
+        let at = messages::begin(out, b'T');
+        out.put_i16(self.columns.len() as i16);
+        for (name, kind) in &self.columns {
+            messages::put_cstr(out, name.as_bytes());
+            out.put_i32(0);
+            out.put_i16(0);
+            let (oid, size) = match kind {
+                Kind::Text => (25, -1),
+                Kind::Int => (20, 8),
+            };
+            out.put_i32(oid);
+            out.put_i16(size);
+            out.put_i32(-1);
+            out.put_i16(0);
+        }
+        messages::finish(out, at);
+        for row in &self.rows {
+            let at = messages::begin(out, b'D');
+            out.put_i16(row.len() as i16);
+            for value in row {
+                match value {
+                    Some(v) => {
+                        out.put_i32(v.len() as i32);
+                        out.put_slice(v.as_bytes());
+                    }
+                    None => out.put_i32(-1),
+                }
+            }
+            messages::finish(out, at);
+        }
+        let at = messages::begin(out, b'C');
+        messages::put_cstr(out, b"SHOW");
+        messages::finish(out, at);
+    }
+}
+
+/// Shorthands for row values.
+pub fn text(s: impl ToString) -> Option<String> {
+    Some(s.to_string())
+}
+
+pub fn int(n: impl Into<i128>) -> Option<String> {
+    Some(n.into().to_string())
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` from Unix seconds, as PgBouncer prints times.
+pub fn timestamp(unix: u64) -> Option<String> {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    Some(format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    ))
+}
+
+/// Every command, in SHOW HELP order.
+pub fn commands() -> Vec<Box<dyn Command>> {
+    vec![
+        Box::new(show_help::ShowHelp),
+        Box::new(show_pools::ShowPools),
+        Box::new(show_stats::ShowStats),
+        Box::new(show_databases::ShowDatabases),
+        Box::new(show_servers::ShowServers),
+        Box::new(show_clients::ShowClients),
+        Box::new(show_config::ShowConfig),
+        Box::new(show_lists::ShowLists),
+        Box::new(show_users::ShowUsers),
+        Box::new(show_bans::ShowBans),
+        Box::new(show_version::ShowVersion),
+        Box::new(reload::Reload),
+        Box::new(pause::Pause),
+        Box::new(resume::Resume),
+        Box::new(reconnect::Reconnect),
+        Box::new(kill::Kill),
+        Box::new(shutdown::Shutdown),
+        Box::new(set::Set),
+    ]
+}
+
+/// Splits a statement into upper-cased words; `PAUSE db,user` keeps
+/// `db,user` as one word with its case.
+fn words(statement: &str) -> Vec<String> {
+    statement.split_whitespace().map(str::to_string).collect()
+}
+
+/// Runs one statement.
+pub async fn execute(ctx: &Context, statement: &str) -> Result<Reply, AdminError> {
+    let words = words(statement);
+    let commands = commands();
+    let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
+    let best = commands
+        .iter()
+        .filter(|c| {
+            let name = c.words();
+            upper.len() >= name.len() && name.iter().zip(&upper).all(|(a, b)| *a == b)
+        })
+        .max_by_key(|c| c.words().len());
+    match best {
+        Some(c) => {
+            let args = &words[c.words().len()..];
+            c.run(ctx, args).await
+        }
+        None => Err(AdminError::new(
+            "42601",
+            format!("invalid command '{statement}', use SHOW HELP;"),
+        )),
+    }
+}
+
+/// What the client sent at startup, for an admin login.
+pub struct AdminLogin {
+    pub peer: SocketAddr,
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+    pub kill: CancellationToken,
+}
+
+/// Serves one admin console session.
+pub async fn serve(
+    mut stream: TcpStream,
+    mut buf: BytesMut,
+    login: AdminLogin,
+    shared: Arc<Shared>,
+) {
+    let config = shared.config.load_full();
+    let mut out = BytesMut::new();
+    if login.user != config.admin_username() {
+        auth::refuse(
+            &mut out,
+            "28000",
+            &format!("role \"{}\" may not use the admin console", login.user),
+        );
+        let _ = stream.write_all(&out).await;
+        return;
+    }
+    let method = config.general.admin_auth_type.method();
+    let secret = match ClientAuth::new(method, &login.user, config.admin_password()) {
+        Ok(s) => s,
+        Err(e) => {
+            auth::refuse(&mut out, "28000", &format!("admin console: {e}"));
+            let _ = stream.write_all(&out).await;
+            return;
+        }
+    };
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        auth::authenticate_client(&mut stream, &mut buf, &login.user, &secret),
+    )
+    .await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(ClientAuthError::Io(_))) | Err(_) => return,
+        Ok(Err(e)) => {
+            tracing::info!(peer = %login.peer, user = %login.user, "admin console login failed: {e}");
+            auth::refuse(&mut out, e.sqlstate(), &e.to_string());
+            let _ = stream.write_all(&out).await;
+            return;
+        }
+    }
+    let (_info, _registered) = shared.registry.add_client(NewClient {
+        peer: login.peer,
+        local: stream.local_addr().unwrap_or(login.peer),
+        db: login.database.clone(),
+        user: login.user.clone(),
+        admin: true,
+        application_name: login.application_name.clone(),
+        kill: login.kill.clone(),
+        fd: {
+            use std::os::fd::AsRawFd;
+            stream.as_raw_fd()
+        },
+    });
+    messages::auth_ok(&mut out);
+    for (k, v) in [
+        (
+            "server_version",
+            concat!("15.0 (pgcat ", env!("CARGO_PKG_VERSION"), ")"),
+        ),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("application_name", login.application_name.as_str()),
+    ] {
+        messages::parameter_status(&mut out, k, v);
+    }
+    messages::backend_key_data(&mut out, 0, 0);
+    messages::ready_for_query(&mut out, b'I');
+    if stream.write_all(&out).await.is_err() {
+        return;
+    }
+    let ctx = Context { shared };
+    let mut skipping = false;
+    loop {
+        let msg = match wire::read_message(&mut stream, &mut buf, 1 << 20).await {
+            Ok(m) => m,
+            Err(_) => return,
+        };
+        out.clear();
+        match msg.tag {
+            b'Q' => {
+                let text = String::from_utf8_lossy(&msg.body);
+                let text = text.trim_end_matches('\0');
+                let statements: Vec<&str> = text
+                    .split(';')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                if statements.is_empty() {
+                    out.put_slice(&[b'I', 0, 0, 0, 4]);
+                }
+                for statement in statements {
+                    match execute(&ctx, statement).await {
+                        Ok(Reply::Rows(table)) => table.encode(&mut out),
+                        Ok(Reply::Done(tag)) => {
+                            let at = messages::begin(&mut out, b'C');
+                            messages::put_cstr(&mut out, tag.as_bytes());
+                            messages::finish(&mut out, at);
+                        }
+                        Err(e) => {
+                            messages::error_response(&mut out, Severity::Error, e.code, &e.message);
+                            break;
+                        }
+                    }
+                }
+                messages::ready_for_query(&mut out, b'I');
+            }
+            b'X' => return,
+            b'S' => {
+                skipping = false;
+                messages::ready_for_query(&mut out, b'I');
+            }
+            b'H' => {}
+            _ if skipping => {}
+            _ => {
+                skipping = true;
+                messages::error_response(
+                    &mut out,
+                    Severity::Error,
+                    "08P01",
+                    "the admin console supports the simple query protocol only",
+                );
+            }
+        }
+        if !out.is_empty() && stream.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Parses `db` or `db,user` arguments of PAUSE, RESUME and friends.
+pub fn pool_filter(args: &[String]) -> (Option<String>, Option<String>) {
+    let joined = args.join("");
+    let joined = joined.trim();
+    if joined.is_empty() {
+        return (None, None);
+    }
+    match joined.split_once(',') {
+        Some((db, user)) => (Some(db.trim().to_string()), Some(user.trim().to_string())),
+        None => (Some(joined.to_string()), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_format_like_pgbouncer() {
+        assert_eq!(timestamp(0).unwrap(), "1970-01-01 00:00:00 UTC");
+        assert_eq!(timestamp(951_782_400).unwrap(), "2000-02-29 00:00:00 UTC");
+        assert_eq!(timestamp(1_795_776_645).unwrap(), "2026-11-27 10:50:45 UTC");
+    }
+
+    #[test]
+    fn pool_filters() {
+        assert_eq!(pool_filter(&[]), (None, None));
+        assert_eq!(pool_filter(&["app".into()]), (Some("app".into()), None));
+        assert_eq!(
+            pool_filter(&["app,".into(), "bob".into()]),
+            (Some("app".into()), Some("bob".into()))
+        );
+    }
+
+    #[test]
+    fn every_command_has_a_distinct_name() {
+        let cmds = commands();
+        let mut names: Vec<String> = cmds.iter().map(|c| c.words().join(" ")).collect();
+        names.sort();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len());
+    }
+}

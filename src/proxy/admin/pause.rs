@@ -1,0 +1,68 @@
+//! PAUSE [db[,user]]: new queries of the matching pools wait; the command
+//! returns once no server connection of theirs is in use (or after
+//! shutdown_timeout, with the count still busy).
+
+use std::time::{Duration, Instant};
+
+use super::{pool_filter, AdminError, BoxFuture, Command, Context, Reply};
+
+pub struct Pause;
+
+impl Command for Pause {
+    fn words(&self) -> &'static [&'static str] {
+        &["PAUSE"]
+    }
+
+    fn help(&self) -> &'static str {
+        "[db[,user]]: hold new queries and wait for running ones to finish"
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a Context,
+        args: &'a [String],
+    ) -> BoxFuture<'a, Result<Reply, AdminError>> {
+        Box::pin(async move {
+            let (db, user) = pool_filter(args);
+            let pools: Vec<_> = ctx
+                .shared
+                .pools
+                .load()
+                .iter()
+                .filter(|p| db.as_deref().is_none_or(|d| d == p.settings.db))
+                .filter(|p| user.as_deref().is_none_or(|u| u == p.settings.user))
+                .cloned()
+                .collect();
+            if pools.is_empty() {
+                return Err(AdminError::new("08P01", "no such database or user"));
+            }
+            for p in &pools {
+                p.state.set_paused(true);
+            }
+            let limit = Duration::from_millis(ctx.shared.config.load().general.shutdown_timeout);
+            let started = Instant::now();
+            loop {
+                let busy: i64 = pools
+                    .iter()
+                    .map(|p| {
+                        p.state
+                            .stats
+                            .clients_active
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                    })
+                    .sum();
+                if busy <= 0 {
+                    break;
+                }
+                if started.elapsed() > limit {
+                    return Err(AdminError::new(
+                        "57014",
+                        format!("paused, but {busy} client(s) still hold a server connection"),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(Reply::Done("PAUSE".into()))
+        })
+    }
+}

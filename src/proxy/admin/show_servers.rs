@@ -1,0 +1,108 @@
+//! SHOW SERVERS: one row per server connection. PgBouncer's columns, then
+//! the pool's user and the socket's keepalive settings and health as the
+//! kernel reports them.
+
+use super::{int, text, timestamp, AdminError, BoxFuture, Command, Context, Kind, Reply, Table};
+use crate::proxy::net::SocketInfo;
+
+pub struct ShowServers;
+
+/// Columns shared by SHOW SERVERS and SHOW CLIENTS.
+pub const COLUMNS: &[(&str, Kind)] = &[
+    ("type", Kind::Text),
+    ("user", Kind::Text),
+    ("database", Kind::Text),
+    ("replication", Kind::Text),
+    ("state", Kind::Text),
+    ("addr", Kind::Text),
+    ("port", Kind::Int),
+    ("local_addr", Kind::Text),
+    ("local_port", Kind::Int),
+    ("connect_time", Kind::Text),
+    ("request_time", Kind::Text),
+    ("wait", Kind::Int),
+    ("wait_us", Kind::Int),
+    ("close_needed", Kind::Int),
+    ("ptr", Kind::Text),
+    ("link", Kind::Text),
+    ("remote_pid", Kind::Int),
+    ("tls", Kind::Text),
+    ("application_name", Kind::Text),
+    ("id", Kind::Int),
+    ("keepalive", Kind::Int),
+    ("keepalive_idle", Kind::Int),
+    ("keepalive_interval", Kind::Int),
+    ("keepalive_count", Kind::Int),
+    ("user_timeout_ms", Kind::Int),
+    ("rtt_us", Kind::Int),
+    ("unacked", Kind::Int),
+    ("probes", Kind::Int),
+    ("retransmits", Kind::Int),
+    ("last_data_recv_ms", Kind::Int),
+];
+
+/// The keepalive columns of a row.
+pub fn socket_columns(s: Option<&SocketInfo>) -> Vec<Option<String>> {
+    match s {
+        None => vec![None; 10],
+        Some(s) => vec![
+            int(s.keepalive as u8),
+            int(s.keepalive_idle_s),
+            int(s.keepalive_interval_s),
+            int(s.keepalive_count),
+            int(s.user_timeout_ms),
+            int(s.rtt_us),
+            int(s.unacked),
+            int(s.probes),
+            int(s.retransmits),
+            int(s.last_data_recv_ms),
+        ],
+    }
+}
+
+impl Command for ShowServers {
+    fn words(&self) -> &'static [&'static str] {
+        &["SHOW", "SERVERS"]
+    }
+
+    fn help(&self) -> &'static str {
+        "server connections, with keepalive settings and TCP health"
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a Context,
+        _args: &'a [String],
+    ) -> BoxFuture<'a, Result<Reply, AdminError>> {
+        Box::pin(async move {
+            let mut t = Table::new(COLUMNS);
+            for s in ctx.snapshot().servers {
+                let mut row = vec![
+                    text("S"),
+                    text(&s.user),
+                    text(&s.db),
+                    text("no"),
+                    text(s.state),
+                    text(&s.host),
+                    int(s.port),
+                    text(&s.local_addr),
+                    int(s.local_port),
+                    timestamp(s.connect_time_unix),
+                    timestamp(s.request_time_unix),
+                    int(0),
+                    int(0),
+                    int(0),
+                    text(format!("{:x}", s.id)),
+                    (s.client_id > 0).then(|| format!("{:x}", s.client_id)),
+                    int(s.remote_pid),
+                    None,
+                    text(&s.application_name),
+                    int(s.id),
+                ];
+                row.extend(socket_columns(s.socket.as_ref()));
+                t.row(row);
+            }
+            Ok(Reply::Rows(t))
+        })
+    }
+}
