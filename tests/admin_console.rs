@@ -22,6 +22,7 @@ const SHOW_COMMANDS: &[&str] = &[
     "SHOW VERSION",
     "SHOW BANS",
     "SHOW HELP",
+    "SHOW RELOADS",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -279,6 +279,57 @@ async fn broken_file_changes_nothing_and_reload_names_the_line() {
     let (records, count, failed) = proxy.handle.shared().reload_history();
     assert_eq!((count, failed), (2, 2));
     assert!(records.iter().all(|r| !r.ok && r.error.is_some()));
+    // The console shows the same record.
+    let shown = admin_rows(&admin, "SHOW RELOADS").await;
+    assert_eq!(shown.len(), 2);
+    assert_eq!(shown[1]["result"].as_deref(), Some("failed"));
+    assert!(shown[1]["error"]
+        .as_deref()
+        .unwrap()
+        .contains("must be at least 1"));
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_does_not_wait_for_an_unreachable_server() {
+    let pg = PgCluster::shared();
+    let db = pg.create_db("scram-sha-256");
+    let file = ConfigFile::new(&config_text("", &[PoolSpec::new(&db)]));
+    let proxy = TestProxy::start_file(&file).await;
+    let admin = proxy.admin().await;
+    // A new pool whose only server does not answer (nothing listens on
+    // that port), asking for connections up front.
+    let dead_port = free_port();
+    let ghost = TestDb {
+        name: "ghost".into(),
+        user: "ghost".into(),
+        password: "ghost".into(),
+        port: dead_port,
+    };
+    let text = config_text(
+        "",
+        &[
+            PoolSpec::new(&db),
+            PoolSpec {
+                user_extra: "min_pool_size = 2",
+                ..PoolSpec::new(&ghost)
+            },
+        ],
+    );
+    file.write(&text);
+    let started = Instant::now();
+    admin.simple_query("RELOAD").await.expect("RELOAD");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "RELOAD took {:?}",
+        started.elapsed()
+    );
+    let shown = admin_rows(&admin, "SHOW RELOADS").await;
+    assert_eq!(shown.last().unwrap()["changed"].as_deref(), Some("ghost"));
+    // The reachable pool goes on serving.
+    let client = proxy.connect(&db).await;
+    let v: i32 = client.query_one("SELECT 8", &[]).await.unwrap().get(0);
+    assert_eq!(v, 8);
     proxy.stop().await;
 }
 
