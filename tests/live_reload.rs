@@ -304,6 +304,7 @@ async fn reload_does_not_wait_for_an_unreachable_server() {
         name: "ghost".into(),
         user: "ghost".into(),
         password: "ghost".into(),
+        host: "127.0.0.1".into(),
         port: dead_port,
     };
     let text = config_text(

@@ -18,6 +18,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
+        let settings = super::net::SocketSettings::from_general(&shared.config.load().general);
+        let _ = settings.apply(socket2::SockRef::from(&stream));
         let shared = shared.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &shared)).await;

@@ -372,6 +372,43 @@ impl Server {
         })
     }
 
+    /// Whether an idle connection has died or been spoken to since it was
+    /// last used: closed by the server, reset, timed out by keepalive or
+    /// TCP_USER_TIMEOUT, or carrying unasked-for data (a FATAL before a
+    /// shutdown). Costs no syscall unless the event loop saw the socket
+    /// become readable, which a quiet healthy connection never does.
+    pub fn is_stale(&self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            std::task::Poll::Pending => false,
+            std::task::Poll::Ready(Err(_)) => true,
+            std::task::Poll::Ready(Ok(())) => {
+                use std::os::fd::AsRawFd;
+                let fd = self.stream.as_raw_fd();
+                let peek = self.stream.try_io(tokio::io::Interest::READABLE, || {
+                    let mut byte = 0u8;
+                    // SAFETY: a one-byte peek into a local buffer.
+                    let n = unsafe {
+                        libc::recv(
+                            fd,
+                            &mut byte as *mut u8 as *mut libc::c_void,
+                            1,
+                            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                        )
+                    };
+                    if n < 0 {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        Ok(n)
+                    }
+                });
+                // WouldBlock: the readiness was left over from the last
+                // exchange and is now cleared; anything else is trouble.
+                !matches!(peek, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
     /// Sends Terminate so PostgreSQL logs a clean disconnect.
     pub fn terminate(&mut self) {
         let mut out = BytesMut::with_capacity(5);

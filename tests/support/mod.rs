@@ -237,6 +237,7 @@ host all +md5_users 127.0.0.1/32 md5
 host all +password_users 127.0.0.1/32 password
 host all +trust_users 127.0.0.1/32 trust
 host all all 127.0.0.1/32 scram-sha-256
+host all all 10.0.0.0/8 scram-sha-256
 ";
         fs::write(data.join("pg_hba.conf"), hba).unwrap();
         let conf = "\
@@ -268,6 +269,8 @@ shared_preload_libraries = 'pg_stat_statements'
 
 /// A running PostgreSQL.
 pub struct PgCluster {
+    /// Where PostgreSQL listens: 127.0.0.1, or the namespace's address.
+    pub host: String,
     pub port: u16,
     pub dir: PathBuf,
     child: Option<Child>,
@@ -302,6 +305,12 @@ impl PgCluster {
     }
 
     fn start_from(dir: &Path, name: &str) -> PgCluster {
+        Self::start_in(dir, name, None)
+    }
+
+    /// Starts PostgreSQL on `dir`, inside network namespace `netns` (then
+    /// listening on the given address) or on 127.0.0.1.
+    fn start_in(dir: &Path, name: &str, netns: Option<(&str, &str)>) -> PgCluster {
         let bindir = pg_bindir();
         let owner = pg_owner();
         let socket_dir = dir.join("sock");
@@ -327,9 +336,19 @@ impl PgCluster {
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log);
-            if let Some((uid, gid)) = owner {
-                cmd.uid(uid).gid(gid);
-            }
+            let host = match netns {
+                Some((ns, addr)) => {
+                    cmd.arg("-c").arg(format!("listen_addresses={addr}"));
+                    enter_netns(&mut cmd, ns, owner);
+                    addr
+                }
+                None => {
+                    if let Some((uid, gid)) = owner {
+                        cmd.uid(uid).gid(gid);
+                    }
+                    "127.0.0.1"
+                }
+            };
             let mut child = spawn_tied(cmd).expect("spawn postgres");
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
@@ -337,20 +356,13 @@ impl PgCluster {
                     break;
                 }
                 let ready = Command::new(bindir.join("pg_isready"))
-                    .args([
-                        "-q",
-                        "-h",
-                        "127.0.0.1",
-                        "-p",
-                        &port.to_string(),
-                        "-U",
-                        SUPERUSER,
-                    ])
+                    .args(["-q", "-h", host, "-p", &port.to_string(), "-U", SUPERUSER])
                     .status()
                     .map(|s| s.success())
                     .unwrap_or(false);
                 if ready {
                     return PgCluster {
+                        host: host.to_string(),
                         port,
                         dir: dir.to_path_buf(),
                         child: Some(child),
@@ -376,6 +388,22 @@ impl PgCluster {
         if let Some(mut child) = self.child.take() {
             stop_child(&mut child, Duration::from_secs(20));
         }
+    }
+
+    /// A private cluster in a fresh network namespace, reachable from the
+    /// host only through a veth pair; see [`Netns`].
+    pub fn in_netns(netns: &Netns) -> PgCluster {
+        let template = template();
+        let name = unique("nscluster");
+        let dir = base_dir().join(&name);
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(template)
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        Self::start_in(&dir, &name, Some((&netns.name, &netns.ns_ip)))
     }
 
     /// Starts a stopped private cluster again on the same port.
@@ -482,6 +510,7 @@ impl PgCluster {
             name: name.clone(),
             user: name,
             password,
+            host: self.host.clone(),
             port: self.port,
         }
     }
@@ -512,12 +541,163 @@ impl Drop for PgCluster {
     }
 }
 
+/// Makes the spawned process join network namespace `ns` and then drop
+/// to `owner`: setns needs root, and it has to happen before the uid
+/// change, so both are done here instead of with `Command::uid`.
+fn enter_netns(cmd: &mut Command, ns: &str, owner: Option<(u32, u32)>) {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let file = fs::File::open(format!("/var/run/netns/{ns}")).expect("netns exists");
+    let fd: OwnedFd = file.into();
+    // SAFETY: only async-signal-safe syscalls between fork and exec; the
+    // fd stays open in the parent until the closure is dropped.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some((uid, gid)) = owner {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Runs `ip` with arguments, panicking with its output on failure.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace joined to the host by a veth pair: the way to make
+/// a server vanish without a reset. `cut()` sets the namespace's end of
+/// the link down, and packets are dropped silently.
+pub struct Netns {
+    pub name: String,
+    pub host_if: String,
+    pub ns_if: String,
+    pub host_ip: String,
+    pub ns_ip: String,
+}
+
+impl Netns {
+    /// Needs root and iproute2; fails (never skips) without them.
+    pub fn new() -> Netns {
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::getuid() },
+            0,
+            "this test needs root: it builds a network namespace with a veth pair (ip netns, ip link)"
+        );
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let id = format!("{}{}", pid % 100_000, n);
+        let net = format!("10.{}.{}", 150 + pid % 100, n % 256);
+        let ns = Netns {
+            name: format!("pgcat-{id}"),
+            host_if: format!("pgh{id}"),
+            ns_if: format!("pgn{id}"),
+            host_ip: format!("{net}.1"),
+            ns_ip: format!("{net}.2"),
+        };
+        ip(&["netns", "add", &ns.name]);
+        ip(&[
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ns.ns_if,
+        ]);
+        ip(&["link", "set", &ns.ns_if, "netns", &ns.name]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", ns.host_ip),
+            "dev",
+            &ns.host_if,
+        ]);
+        ip(&["link", "set", &ns.host_if, "up"]);
+        ip(&[
+            "netns",
+            "exec",
+            &ns.name,
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/30", ns.ns_ip),
+            "dev",
+            &ns.ns_if,
+        ]);
+        ip(&[
+            "netns", "exec", &ns.name, "ip", "link", "set", &ns.ns_if, "up",
+        ]);
+        ip(&["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Drops every packet on the link from now on, without a reset.
+    pub fn cut(&self) {
+        ip(&[
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "link",
+            "set",
+            &self.ns_if,
+            "down",
+        ]);
+    }
+
+    pub fn restore(&self) {
+        ip(&[
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "link",
+            "set",
+            &self.ns_if,
+            "up",
+        ]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
 /// A role and database of its own.
 #[derive(Debug, Clone)]
 pub struct TestDb {
     pub name: String,
     pub user: String,
     pub password: String,
+    pub host: String,
     pub port: u16,
 }
 
@@ -563,7 +743,7 @@ pub fn config_text(general_extra: &str, pools: &[PoolSpec]) -> String {
             "\n[pools.{name}]\npool_mode = \"{mode}\"\n{extra}\n\n\
              [pools.{name}.users.0]\nusername = \"{user}\"\npassword = \"{password}\"\n\
              auth_type = \"{auth}\"\npool_size = {size}\n{user_extra}\n\n\
-             [pools.{name}.shards.0]\ndatabase = \"{db}\"\nservers = [[\"127.0.0.1\", {port}, \"primary\"]]\n",
+             [pools.{name}.shards.0]\ndatabase = \"{db}\"\nservers = [[\"{host}\", {port}, \"primary\"]]\n",
             name = p.name,
             mode = p.mode,
             extra = p.pool_extra,
@@ -573,6 +753,7 @@ pub fn config_text(general_extra: &str, pools: &[PoolSpec]) -> String {
             size = p.pool_size,
             user_extra = p.user_extra,
             db = p.db.name,
+            host = p.db.host,
             port = p.db.port,
         ));
     }
@@ -658,8 +839,8 @@ pub async fn try_connect(conn_str: &str) -> Result<tokio_postgres::Client, tokio
 /// Direct connection string to PostgreSQL for a test database.
 pub fn direct_conn_str(db: &TestDb) -> String {
     format!(
-        "host=127.0.0.1 port={} user={} password={} dbname={}",
-        db.port, db.user, db.password, db.name
+        "host={} port={} user={} password={} dbname={}",
+        db.host, db.port, db.user, db.password, db.name
     )
 }
 

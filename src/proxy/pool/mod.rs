@@ -200,6 +200,12 @@ impl bb8::ManageConnection for ServerManager {
         if self.retired.load(Ordering::Relaxed) {
             return Err(ServerError::Retired);
         }
+        if conn.is_stale() {
+            return Err(ServerError::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "idle server connection was closed or timed out",
+            )));
+        }
         // A connection used moments ago is fine; checking it would cost a
         // round trip per transaction.
         if conn.last_used.elapsed() < self.healthcheck_delay {
