@@ -830,6 +830,7 @@ impl Session {
         if reset {
             steps.push("DISCARD ALL");
         }
+        let reset_mirrors = !steps.is_empty() || self.tracker.unsynced();
         for sql in steps {
             if let Err(e) = server.run(sql, CLEANUP_TIMEOUT).await {
                 tracing::debug!(error = %e, sql, "cleanup query failed; closing server connection");
@@ -838,6 +839,12 @@ impl Session {
             }
             if sql == "DISCARD ALL" {
                 server.statements.clear();
+            }
+        }
+        if reset_mirrors {
+            // The mirror connection gets the same reset, from its task.
+            for m in &mut server.mirrors {
+                m.reset(reset);
             }
         }
         server.dirty = false;
@@ -1095,6 +1102,31 @@ impl Session {
     /// queued).
     fn process_client(&mut self, server: &mut Server) -> Result<(), Outcome> {
         let transaction = self.mode == PoolMode::Transaction;
+        let mirrored_from = self.to_server.len();
+        let starts_transaction = self.tracker.is_idle();
+        let result = self.process_client_messages(server, transaction);
+        if !server.mirrors.is_empty() && self.to_server.len() > mirrored_from {
+            let mut copy: Option<(Bytes, Instant)> = None;
+            for m in &mut server.mirrors {
+                if m.wants(starts_transaction) {
+                    let (bytes, at) = copy.get_or_insert_with(|| {
+                        (
+                            Bytes::copy_from_slice(&self.to_server[mirrored_from..]),
+                            Instant::now(),
+                        )
+                    });
+                    m.data(bytes, *at, starts_transaction);
+                }
+            }
+        }
+        result
+    }
+
+    fn process_client_messages(
+        &mut self,
+        server: &mut Server,
+        transaction: bool,
+    ) -> Result<(), Outcome> {
         let mut pos = 0;
         if self.client_left > 0 {
             pos = self.client_left.min(self.cbuf.len());
@@ -1368,6 +1400,11 @@ impl Session {
         }
         if ready {
             self.on_ready_for_query();
+            if self.tracker.is_idle() {
+                for m in &mut server.mirrors {
+                    m.boundary();
+                }
+            }
         }
         Ok(())
     }

@@ -56,6 +56,14 @@ async fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     stream.shutdown().await
 }
 
+/// A per-mirror series: name, type, help text, and how to read it.
+type MirrorSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&super::mirror::MirrorSnapshot) -> f64,
+);
+
 /// A per-pool counter: name, help text, and how to read it.
 type Counter = (&'static str, &'static str, fn(&super::stats::Totals) -> f64);
 
@@ -340,6 +348,90 @@ pub fn render(s: &Snapshot) -> String {
                     ("port", &port),
                 ],
                 sv.banned as u8 as f64,
+            );
+        }
+    }
+    let mirror_series: [MirrorSeries; 7] = [
+        (
+            "pgcat_mirror_connections",
+            "gauge",
+            "Open mirror connections.",
+            |m| m.connections as f64,
+        ),
+        (
+            "pgcat_mirror_sent_messages_total",
+            "counter",
+            "Protocol messages sent to the mirror.",
+            |m| m.sent_messages as f64,
+        ),
+        (
+            "pgcat_mirror_dropped_transactions_total",
+            "counter",
+            "Transactions not mirrored because the mirror fell behind or was down.",
+            |m| m.dropped_transactions as f64,
+        ),
+        (
+            "pgcat_mirror_errors_total",
+            "counter",
+            "Mirror connection and IO errors.",
+            |m| m.errors as f64,
+        ),
+        (
+            "pgcat_mirror_queue_depth",
+            "gauge",
+            "Batches waiting for the mirror tasks.",
+            |m| m.queue_depth as f64,
+        ),
+        (
+            "pgcat_mirror_lag_seconds",
+            "gauge",
+            "Latest mirror lag: from handing a request over to the mirror's ReadyForQuery.",
+            |m| m.lag_current_us.unwrap_or(0) as f64 / 1e6,
+        ),
+        (
+            "pgcat_mirror_lag_p99_seconds",
+            "gauge",
+            "99th percentile of mirror lag over the last minute.",
+            |m| m.lag_p99_us.unwrap_or(0) as f64 / 1e6,
+        ),
+    ];
+    for (name, kind, help, get) in mirror_series {
+        f.header(name, kind, help);
+        for p in &s.pools {
+            for m in &p.mirrors {
+                let server = format!("{}:{}", m.server_host, m.server_port);
+                let mirror = format!("{}:{}", m.host, m.port);
+                f.sample(
+                    name,
+                    &[
+                        ("pool", &p.db),
+                        ("user", &p.user),
+                        ("server", &server),
+                        ("mirror", &mirror),
+                    ],
+                    get(m),
+                );
+            }
+        }
+    }
+    f.header(
+        "pgcat_mirror_up",
+        "gauge",
+        "0 while the mirror is down, else 1.",
+    );
+    for p in &s.pools {
+        for m in &p.mirrors {
+            let server = format!("{}:{}", m.server_host, m.server_port);
+            let mirror = format!("{}:{}", m.host, m.port);
+            f.sample(
+                "pgcat_mirror_up",
+                &[
+                    ("pool", &p.db),
+                    ("user", &p.user),
+                    ("server", &server),
+                    ("mirror", &mirror),
+                ],
+                if m.state == "down" { 0.0 } else { 1.0 },
             );
         }
     }

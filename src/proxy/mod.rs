@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod listener;
 pub mod metrics;
+pub mod mirror;
 pub mod net;
 pub mod pool;
 pub mod protocol;

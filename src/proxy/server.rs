@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 
 use super::auth::{ServerAuthError, ServerLogin};
 use super::config::Role;
+use super::mirror::MirrorHandle;
 use super::net::{self, SocketSettings};
 use super::protocol::codec::MAX_MESSAGE_LEN;
 use super::protocol::messages::{self, parse_error_fields, ErrorFields};
@@ -195,26 +196,37 @@ pub struct Server {
     pub dirty: bool,
     /// What the admin console shows about this connection.
     pub info: Arc<ServerInfo>,
-    _registration: Registration,
+    _registration: Option<Registration>,
+    /// One handle per mirror of this server; dropping them tells the
+    /// mirror tasks to close their connections.
+    pub mirrors: Vec<MirrorHandle>,
 }
 
 impl Server {
     /// Opens and logs in a connection for the (pool, user) named in
     /// `identity`, registered for the admin console from the start.
+    /// Without a registry (mirror connections) it is not listed.
     pub async fn connect(
         address: Arc<ServerAddress>,
         login: &LoginInfo,
-        identity: (Arc<Registry>, &str, &str),
+        identity: (Option<Arc<Registry>>, &str, &str),
     ) -> Result<Server, ServerError> {
         let (registry, db, user) = identity;
-        let (info, registration) = registry.add_server(NewServer {
+        let new = NewServer {
             db: db.to_string(),
             user: user.to_string(),
             host: address.host.clone(),
             port: address.port,
             database: address.database.clone(),
             role: address.role.as_str(),
-        });
+        };
+        let (info, registration) = match registry {
+            Some(r) => {
+                let (i, reg) = r.add_server(new);
+                (i, Some(reg))
+            }
+            None => (Registry::detached_server(new), None),
+        };
         let deadline = login.connect_timeout;
         let connecting = Self::connect_inner(address.clone(), login, info, registration);
         match tokio::time::timeout(deadline, connecting).await {
@@ -227,7 +239,7 @@ impl Server {
         address: Arc<ServerAddress>,
         login: &LoginInfo,
         info: Arc<ServerInfo>,
-        registration: Registration,
+        registration: Option<Registration>,
     ) -> Result<Server, ServerError> {
         let addr = address.to_string();
         let mut stream = net::connect(&address.host, address.port, &login.socket)
@@ -307,6 +319,7 @@ impl Server {
             dirty: false,
             info,
             _registration: registration,
+            mirrors: Vec::new(),
         })
     }
 

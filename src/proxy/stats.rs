@@ -433,7 +433,25 @@ impl Registry {
 
     pub fn add_server(self: &Arc<Self>, s: NewServer) -> (Arc<ServerInfo>, Registration) {
         let id = self.next_id();
-        let info = Arc::new(ServerInfo {
+        let info = Self::server_info(id, s);
+        self.servers.lock().insert(id, info.clone());
+        (
+            info,
+            Registration {
+                registry: self.clone(),
+                id,
+                server: true,
+            },
+        )
+    }
+
+    /// Info for a connection that is not listed (a mirror connection).
+    pub fn detached_server(s: NewServer) -> Arc<ServerInfo> {
+        Self::server_info(0, s)
+    }
+
+    fn server_info(id: u64, s: NewServer) -> Arc<ServerInfo> {
+        Arc::new(ServerInfo {
             id,
             db: s.db,
             user: s.user,
@@ -449,16 +467,7 @@ impl Registry {
             client: AtomicU64::new(0),
             application_name: Mutex::new(String::new()),
             fd: AtomicI32::new(-1),
-        });
-        self.servers.lock().insert(id, info.clone());
-        (
-            info,
-            Registration {
-                registry: self.clone(),
-                id,
-                server: true,
-            },
-        )
+        })
     }
 
     pub fn clients(&self) -> Vec<Arc<ClientInfo>> {
@@ -548,6 +557,7 @@ pub struct PoolSnapshot {
     pub totals: Totals,
     pub averages: Averages,
     pub servers: Vec<PoolServerSnapshot>,
+    pub mirrors: Vec<super::mirror::MirrorSnapshot>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -746,6 +756,12 @@ impl Snapshot {
                                 idle: state.idle_connections,
                             }
                         })
+                        .collect(),
+                    mirrors: p
+                        .shards
+                        .iter()
+                        .flatten()
+                        .flat_map(|s| s.mirrors.iter().map(|m| m.stats.snapshot()))
                         .collect(),
                 }
             })

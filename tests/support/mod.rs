@@ -515,6 +515,41 @@ impl PgCluster {
         }
     }
 
+    /// The same role and database as `db` has elsewhere, here (a mirror
+    /// serves the same database name with the same credentials).
+    pub fn create_db_like(&self, db: &TestDb) -> TestDb {
+        self.psql_super(
+            "postgres",
+            &format!("CREATE ROLE {} LOGIN PASSWORD '{}';", db.user, db.password),
+        );
+        self.psql_super(
+            "postgres",
+            &format!("CREATE DATABASE {} OWNER {};", db.name, db.user),
+        );
+        TestDb {
+            host: self.host.clone(),
+            port: self.port,
+            ..db.clone()
+        }
+    }
+
+    /// Calls of statements whose normalized text is `query`, in database
+    /// `db`, from pg_stat_statements (created on first use).
+    pub fn statement_calls(&self, db: &str, query: &str) -> i64 {
+        self.psql_super(db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+        self.psql_super(
+            db,
+            &format!(
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s \
+                 JOIN pg_database d ON d.oid = s.dbid \
+                 WHERE d.datname = '{db}' AND s.query = '{}'",
+                query.replace('\'', "''")
+            ),
+        )
+        .parse()
+        .unwrap()
+    }
+
     /// Backends connected to `db` as `user`, as pg_stat_activity sees them.
     pub fn backends(&self, db: &str, user: &str) -> usize {
         self.psql_super(
@@ -713,6 +748,8 @@ pub struct PoolSpec<'a> {
     pub pool_extra: &'a str,
     /// Extra lines for the user table.
     pub user_extra: &'a str,
+    /// Extra lines for the shard table (mirrors).
+    pub shard_extra: String,
 }
 
 impl<'a> PoolSpec<'a> {
@@ -725,6 +762,7 @@ impl<'a> PoolSpec<'a> {
             auth_type: "scram-sha-256",
             pool_extra: "",
             user_extra: "",
+            shard_extra: String::new(),
         }
     }
 }
@@ -743,7 +781,7 @@ pub fn config_text(general_extra: &str, pools: &[PoolSpec]) -> String {
             "\n[pools.{name}]\npool_mode = \"{mode}\"\n{extra}\n\n\
              [pools.{name}.users.0]\nusername = \"{user}\"\npassword = \"{password}\"\n\
              auth_type = \"{auth}\"\npool_size = {size}\n{user_extra}\n\n\
-             [pools.{name}.shards.0]\ndatabase = \"{db}\"\nservers = [[\"{host}\", {port}, \"primary\"]]\n",
+             [pools.{name}.shards.0]\ndatabase = \"{db}\"\nservers = [[\"{host}\", {port}, \"primary\"]]\n{shard_extra}\n",
             name = p.name,
             mode = p.mode,
             extra = p.pool_extra,
@@ -755,6 +793,7 @@ pub fn config_text(general_extra: &str, pools: &[PoolSpec]) -> String {
             db = p.db.name,
             host = p.db.host,
             port = p.db.port,
+            shard_extra = p.shard_extra,
         ));
     }
     s

@@ -18,6 +18,7 @@ mod show_config;
 mod show_databases;
 mod show_help;
 mod show_lists;
+mod show_mirrors;
 mod show_pools;
 mod show_reloads;
 mod show_servers;
@@ -206,6 +207,7 @@ pub fn commands() -> Vec<Box<dyn Command>> {
         Box::new(show_lists::ShowLists),
         Box::new(show_users::ShowUsers),
         Box::new(show_bans::ShowBans),
+        Box::new(show_mirrors::ShowMirrors),
         Box::new(show_reloads::ShowReloads),
         Box::new(show_version::ShowVersion),
         Box::new(reload::Reload),

@@ -22,6 +22,7 @@ use super::auth::ClientAuth;
 use super::config::{
     self, hash::pool_hash, Config, DefaultRole, LoadBalancingMode, PoolMode, Role,
 };
+use super::mirror::{MirrorHandle, MirrorSpec, MirrorStats};
 use super::net::SocketSettings;
 use super::server::{LoginInfo, Params, Server, ServerAddress, ServerError};
 use super::stats::{PoolStats, Registry, ServerState};
@@ -172,6 +173,8 @@ pub struct ServerManager {
     registry: Arc<Registry>,
     db: String,
     user: String,
+    /// Every connection to this server starts one task per mirror.
+    mirrors: Vec<Arc<MirrorSpec>>,
 }
 
 impl bb8::ManageConnection for ServerManager {
@@ -182,10 +185,15 @@ impl bb8::ManageConnection for ServerManager {
         if self.retired.load(Ordering::Relaxed) {
             return Err(ServerError::Retired);
         }
-        let identity = (self.registry.clone(), self.db.as_str(), self.user.as_str());
+        let identity = (
+            Some(self.registry.clone()),
+            self.db.as_str(),
+            self.user.as_str(),
+        );
         match Server::connect(self.address.clone(), &self.login, identity).await {
-            Ok(s) => {
+            Ok(mut s) => {
                 *self.last_error.lock() = None;
+                s.mirrors = self.mirrors.iter().map(MirrorHandle::start).collect();
                 Ok(s)
             }
             Err(e) => {
@@ -225,6 +233,7 @@ impl bb8::ManageConnection for ServerManager {
 pub struct ServerPool {
     pub address: Arc<ServerAddress>,
     pub pool: bb8::Pool<ServerManager>,
+    pub mirrors: Vec<Arc<MirrorSpec>>,
     slot: Arc<Slot>,
     banned_until: Mutex<Option<Instant>>,
     last_error: Arc<Mutex<Option<(Instant, String)>>>,
@@ -430,8 +439,26 @@ impl UserPool {
                             shard: shard_index,
                             index,
                         });
+                        let mirrors = shard
+                            .mirrors
+                            .iter()
+                            .filter(|m| m.2 == index)
+                            .map(|m| {
+                                Arc::new(MirrorSpec {
+                                    address: Arc::new(ServerAddress {
+                                        host: m.0.clone(),
+                                        port: m.1,
+                                        ..(*address).clone()
+                                    }),
+                                    login: settings.login.clone(),
+                                    idle_timeout: settings.idle_timeout,
+                                    server_lifetime: settings.server_lifetime,
+                                    stats: Arc::new(MirrorStats::new(&m.0, m.1, &address)),
+                                })
+                            })
+                            .collect();
                         Arc::new(Self::server_pool(
-                            &settings, address, &state, &retired, registry,
+                            &settings, address, mirrors, &state, &retired, registry,
                         ))
                     })
                     .collect()
@@ -452,6 +479,7 @@ impl UserPool {
     fn server_pool(
         settings: &PoolSettings,
         address: Arc<ServerAddress>,
+        mirrors: Vec<Arc<MirrorSpec>>,
         state: &PoolState,
         retired: &Arc<AtomicBool>,
         registry: &Arc<Registry>,
@@ -467,6 +495,7 @@ impl UserPool {
             registry: registry.clone(),
             db: settings.db.clone(),
             user: settings.user.clone(),
+            mirrors: mirrors.clone(),
         };
         // The reaper enforces idle_timeout and server_lifetime; run it
         // often enough that neither overshoots by much.
@@ -495,6 +524,7 @@ impl UserPool {
             slot: state.slot(&address, settings.pool_size as usize),
             address,
             pool,
+            mirrors,
             banned_until: Mutex::new(None),
             last_error,
         }
