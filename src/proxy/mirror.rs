@@ -35,6 +35,11 @@ pub const QUEUE: usize = 256;
 /// task stops taking batches, so a stuck mirror shows up as drops rather
 /// than as megabytes of kernel socket buffers.
 pub const IN_FLIGHT: usize = 64;
+/// How long a task lets batches and replies accumulate before one write
+/// or read. Every send on a socket costs the kernel about as much as the
+/// query itself, so batching is what keeps a mirror cheap for pgcat; the
+/// delay only adds to the mirror's lag, never to a client's.
+const LINGER: Duration = Duration::from_millis(2);
 /// Longest wait between attempts to reach a mirror that is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Lag samples kept for the max and p99.
@@ -566,7 +571,7 @@ async fn run(
                 down.store(false, Ordering::Relaxed);
                 continue;
             }
-            r = task.read_some(), if task.conn.is_some() && !task.pending.is_empty() => {
+            r = task.read_batched(), if task.conn.is_some() && !task.pending.is_empty() => {
                 if let Err(e) = r {
                     task.fail(e);
                     skipping = true;
@@ -578,84 +583,114 @@ async fn run(
                 None => break,
             },
         };
-        stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
-        match item {
-            Item::Data {
-                bytes,
-                at,
-                starts_transaction,
-            } => {
-                if skipping && !starts_transaction {
-                    continue;
+        // Coalesce: let the producers run once, then take everything that
+        // queued up, so several transactions go out in one write.
+        let mut items = vec![item];
+        if matches!(items[0], Item::Data { .. }) {
+            tokio::time::sleep(LINGER).await;
+            while items.len() < 128 {
+                match rx.try_recv() {
+                    Ok(i) => items.push(i),
+                    Err(_) => break,
                 }
-                skipping = false;
-                if down_until.is_some_and(|t| Instant::now() < t) {
-                    // Down and backing off: this transaction is lost.
-                    if starts_transaction {
-                        stats.dropped_transactions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        stats
+            .queue_depth
+            .fetch_sub(items.len() as i64, Ordering::Relaxed);
+        let mut out = BytesMut::new();
+        let mut out_msgs = 0;
+        let mut exiting = false;
+        for item in items {
+            match item {
+                Item::Data {
+                    bytes,
+                    at,
+                    starts_transaction,
+                } => {
+                    if skipping && !starts_transaction {
+                        continue;
                     }
-                    skipping = true;
-                    continue;
-                }
-                if task.conn.is_none() {
-                    stats.connecting.fetch_add(1, Ordering::Relaxed);
-                    let got = checkout(&pool, &spec).await;
-                    stats.connecting.fetch_sub(1, Ordering::Relaxed);
-                    match got {
-                        Ok(c) => {
-                            task.conn = Some(c);
-                            down_until = None;
-                            down.store(false, Ordering::Relaxed);
-                            backoff = Duration::from_millis(100);
-                        }
-                        Err(msg) => {
-                            stats.error(format!(
-                                "{}:{}: {msg}",
-                                spec.address.host, spec.address.port
-                            ));
+                    skipping = false;
+                    if down_until.is_some_and(|t| Instant::now() < t) {
+                        // Down and backing off: this transaction is lost.
+                        if starts_transaction {
                             stats.dropped_transactions.fetch_add(1, Ordering::Relaxed);
-                            down.store(true, Ordering::Relaxed);
-                            down_until = Some(Instant::now() + backoff);
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                            skipping = true;
-                            continue;
                         }
-                    }
-                }
-                if let Err(e) = task.prepare_new_connection().await {
-                    task.fail(e);
-                    skipping = true;
-                    continue;
-                }
-                if !starts_transaction && task.fresh {
-                    // A new connection must not start in the middle of a
-                    // transaction.
-                    skipping = true;
-                    continue;
-                }
-                task.fresh = false;
-                let (msgs, syncs) = task.sent.scan(&bytes);
-                for _ in 0..syncs {
-                    task.pending.push_back(Some(at));
-                }
-                task.publish_waiting();
-                match task.write(&bytes, &mut exit).await {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(e) => {
-                        task.fail(e);
                         skipping = true;
                         continue;
                     }
+                    if task.conn.is_none() {
+                        stats.connecting.fetch_add(1, Ordering::Relaxed);
+                        let got = checkout(&pool, &spec).await;
+                        stats.connecting.fetch_sub(1, Ordering::Relaxed);
+                        match got {
+                            Ok(c) => {
+                                task.conn = Some(c);
+                                down_until = None;
+                                down.store(false, Ordering::Relaxed);
+                                backoff = Duration::from_millis(100);
+                            }
+                            Err(msg) => {
+                                stats.error(format!(
+                                    "{}:{}: {msg}",
+                                    spec.address.host, spec.address.port
+                                ));
+                                stats.dropped_transactions.fetch_add(1, Ordering::Relaxed);
+                                down.store(true, Ordering::Relaxed);
+                                down_until = Some(Instant::now() + backoff);
+                                backoff = (backoff * 2).min(MAX_BACKOFF);
+                                skipping = true;
+                                continue;
+                            }
+                        }
+                    }
+                    if let Err(e) = task.prepare_new_connection().await {
+                        task.fail(e);
+                        out.clear();
+                        skipping = true;
+                        continue;
+                    }
+                    if !starts_transaction && task.fresh {
+                        // A new connection must not start in the middle of
+                        // a transaction.
+                        skipping = true;
+                        continue;
+                    }
+                    task.fresh = false;
+                    let (msgs, syncs) = task.sent.scan(&bytes);
+                    for _ in 0..syncs {
+                        task.pending.push_back(Some(at));
+                    }
+                    out_msgs += msgs;
+                    out.extend_from_slice(&bytes);
                 }
-                stats.sent_messages.fetch_add(msgs, Ordering::Relaxed);
+                Item::Resync | Item::Reset => {
+                    match task.flush(&mut out, &mut out_msgs, &mut exit).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            exiting = true;
+                            break;
+                        }
+                        Err(e) => task.fail(e),
+                    }
+                    let discard = matches!(item, Item::Reset);
+                    if let Err(e) = task.resync(discard, &mut exit).await {
+                        task.fail(e);
+                    }
+                    skipping = false;
+                }
             }
-            Item::Resync | Item::Reset => {
-                let discard = matches!(item, Item::Reset);
-                if let Err(e) = task.resync(discard, &mut exit).await {
-                    task.fail(e);
-                }
-                skipping = false;
+        }
+        if exiting {
+            break;
+        }
+        match task.flush(&mut out, &mut out_msgs, &mut exit).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                task.fail(e);
+                skipping = true;
             }
         }
         // Idle: the connection goes back to bb8, which closes it after
@@ -739,6 +774,39 @@ impl Task {
         self.pending.push_back(None);
         let stream = self.stream();
         tokio::io::AsyncWriteExt::write_all(stream, &out).await
+    }
+
+    /// Writes the batched client bytes, if any. Ok(false): exit requested.
+    async fn flush(
+        &mut self,
+        out: &mut BytesMut,
+        msgs: &mut u64,
+        exit: &mut oneshot::Receiver<()>,
+    ) -> io::Result<bool> {
+        if out.is_empty() || self.conn.is_none() {
+            out.clear();
+            *msgs = 0;
+            return Ok(true);
+        }
+        self.publish_waiting();
+        let data = std::mem::take(out);
+        let r = self.write(&data, exit).await;
+        if matches!(r, Ok(true)) {
+            self.stats.sent_messages.fetch_add(*msgs, Ordering::Relaxed);
+        }
+        *msgs = 0;
+        r
+    }
+
+    /// Waits for replies, lets more of them arrive, then reads them in
+    /// one go.
+    async fn read_batched(&mut self) -> io::Result<()> {
+        let stream = &self.conn.as_ref().expect("connected").server.stream;
+        stream.readable().await?;
+        if self.pending.len() > 1 {
+            tokio::time::sleep(LINGER).await;
+        }
+        self.read_some().await
     }
 
     /// Reads replies once; counts lag for each ReadyForQuery.
