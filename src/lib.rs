@@ -18,12 +18,16 @@
 //!     selection.
 //!   - `cancel`: per-client cancel keys mapped to server keys.
 //!   - `stats`: counters kept on the pools they describe.
-//! - [`tui`]: the terminal dashboard (not built yet).
+//! - [`tui`]: the terminal dashboard: `app` (state, keys), `ui/` (one
+//!   file per panel), `editor` ($EDITOR and in-place edits), `source`
+//!   (in-process, or a remote pgcat's admin console).
+//! - [`demo`]: `pgcat demo`'s throwaway clusters and traffic.
 //!
 //! A client's bytes go: `listener` -> `client` (startup, auth) -> `pool`
 //! checkout -> `server`, forwarded both ways by the session's pump, and
 //! back to the pool at the transaction boundary (transaction mode) or at
 //! disconnect (session mode).
 
+pub mod demo;
 pub mod proxy;
 pub mod tui;

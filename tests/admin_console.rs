@@ -23,6 +23,8 @@ const SHOW_COMMANDS: &[&str] = &[
     "SHOW BANS",
     "SHOW HELP",
     "SHOW RELOADS",
+    "SHOW MIRRORS",
+    "SHOW STATUS",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

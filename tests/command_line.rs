@@ -331,3 +331,59 @@ async fn a_second_sigterm_exits_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_mode_writes_pid_and_log_files() {
+    let db = PgCluster::shared().create_db("scram-sha-256");
+    let port = free_port();
+    let text =
+        config_text("", &[PoolSpec::new(&db)]).replace("port = 0", &format!("port = {port}"));
+    let file = ConfigFile::new(&text);
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pgcat.pid");
+    let log_file = dir.path().join("pgcat.log");
+    let mut cmd = pgcat();
+    cmd.arg(&file.path)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg("--log-file")
+        .arg(&log_file)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = spawn_tied(cmd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "pgcat did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(pid, child.id());
+    signal(&child, libc::SIGTERM);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = wait_exit(&mut child, Duration::from_secs(10));
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (s, stderr)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success());
+    assert!(
+        status.1.is_empty(),
+        "logs went to the file, not stderr: {}",
+        status.1
+    );
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(log.contains("pgcat listening"), "{log}");
+    assert!(!pid_file.exists(), "the pid file is removed on exit");
+}

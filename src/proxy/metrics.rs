@@ -106,7 +106,7 @@ pub fn render(s: &Snapshot) -> String {
     let mut f = Family { out: &mut out };
 
     f.header("pgcat_info", "gauge", "Version of the running pgcat.");
-    f.sample("pgcat_info", &[("version", s.version)], 1.0);
+    f.sample("pgcat_info", &[("version", &s.version)], 1.0);
     f.header(
         "pgcat_uptime_seconds",
         "gauge",

@@ -18,7 +18,7 @@ pub mod protocol;
 pub mod reload;
 pub mod server;
 pub mod stats;
-mod wire;
+pub(crate) mod wire;
 
 use std::future::Future;
 use std::io;

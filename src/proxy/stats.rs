@@ -603,7 +603,7 @@ pub struct ServerSnapshot {
 /// at one moment.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
-    pub version: &'static str,
+    pub version: String,
     pub listen: String,
     pub config_path: Option<String>,
     pub started_at_unix: u64,
@@ -770,7 +770,7 @@ impl Snapshot {
         let config = shared.config.load();
         let (reloads, reload_count, reload_failures) = shared.reload_history();
         Snapshot {
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_string(),
             listen: shared.listen_addr.to_string(),
             config_path: config.path.as_ref().map(|p| p.display().to_string()),
             started_at_unix: unix_secs(shared.started_at),

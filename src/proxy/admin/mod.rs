@@ -23,6 +23,7 @@ mod show_pools;
 mod show_reloads;
 mod show_servers;
 mod show_stats;
+mod show_status;
 mod show_users;
 mod show_version;
 mod shutdown;
@@ -210,6 +211,7 @@ pub fn commands() -> Vec<Box<dyn Command>> {
         Box::new(show_mirrors::ShowMirrors),
         Box::new(show_reloads::ShowReloads),
         Box::new(show_version::ShowVersion),
+        Box::new(show_status::ShowStatus),
         Box::new(reload::Reload),
         Box::new(pause::Pause),
         Box::new(resume::Resume),
