@@ -159,24 +159,6 @@ SELECT string_agg(label, ',' ORDER BY id) FROM items;
 SELECT 1/0;
 SELECT 'after error';
 ";
-    let mut cmd = Command::new("psql");
-    cmd.args([
-        "-X",
-        "-A",
-        "-t",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &proxy.port.to_string(),
-        "-U",
-        &db.user,
-        "-d",
-        &db.name,
-    ])
-    .env("PGPASSWORD", &db.password)
-    .args(["-c", script]);
-    // -c with several statements runs them as one multi-statement query;
-    // run the script through stdin-less -f instead for psql's \copy.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("script.sql");
     std::fs::write(&file, script).unwrap();

@@ -56,27 +56,13 @@ pub fn pg_bindir() -> PathBuf {
     if let Ok(dir) = std::env::var("PGCAT_TEST_PG_BINDIR") {
         return PathBuf::from(dir);
     }
-    let mut candidates = Vec::new();
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        if out.status.success() {
-            candidates.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-        }
-    }
-    if let Ok(entries) = fs::read_dir("/usr/lib/postgresql") {
-        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).collect();
-        versions.sort();
-        candidates.extend(versions.into_iter().rev());
-    }
-    for dir in candidates {
-        if dir.join("initdb").exists() && dir.join("postgres").exists() {
-            return dir;
-        }
-    }
-    panic!(
-        "PostgreSQL server binaries (initdb, postgres) not found. Install them, e.g. \
-         `apt-get install -y postgresql` on Debian/Ubuntu, or point PGCAT_TEST_PG_BINDIR \
-         at the directory that holds initdb."
-    );
+    pgcat::demo::pg_bindir().unwrap_or_else(|_| {
+        panic!(
+            "PostgreSQL server binaries (initdb, postgres) not found. Install them, e.g. \
+             `apt-get install -y postgresql` on Debian/Ubuntu, or point PGCAT_TEST_PG_BINDIR \
+             at the directory that holds initdb."
+        )
+    })
 }
 
 /// The uid/gid to run PostgreSQL as: `postgres` when we are root (initdb
@@ -810,6 +796,10 @@ pub struct TestProxy {
 impl TestProxy {
     pub async fn start(text: &str) -> TestProxy {
         let (config, _warnings) = Config::parse(text, "test config").expect("valid test config");
+        Self::start_config(config).await
+    }
+
+    async fn start_config(config: Config) -> TestProxy {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("pgcat-under-test")
@@ -960,23 +950,7 @@ impl TestProxy {
     /// pgcat started from a config file, so RELOAD and autoreload work.
     pub async fn start_file(file: &ConfigFile) -> TestProxy {
         let (config, _warnings) = Config::load(&file.path).expect("valid test config");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("pgcat-under-test")
-            .enable_all()
-            .build()
-            .unwrap();
-        let handle = runtime
-            .spawn(Proxy::start(config, std::future::pending()))
-            .await
-            .unwrap()
-            .expect("start pgcat");
-        let port = handle.local_addr().port();
-        TestProxy {
-            handle,
-            port,
-            runtime: Some(runtime),
-        }
+        Self::start_config(config).await
     }
 
     pub fn admin_conn_str(&self) -> String {

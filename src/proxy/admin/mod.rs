@@ -395,6 +395,28 @@ pub async fn serve(
     }
 }
 
+/// The pools named by `db` or `db,user` arguments (all when empty); an
+/// error when none matches.
+pub fn matching_pools(
+    ctx: &Context,
+    args: &[String],
+) -> Result<Vec<Arc<crate::proxy::pool::UserPool>>, AdminError> {
+    let (db, user) = pool_filter(args);
+    let pools: Vec<_> = ctx
+        .shared
+        .pools
+        .load()
+        .iter()
+        .filter(|p| db.as_deref().is_none_or(|d| d == p.settings.db))
+        .filter(|p| user.as_deref().is_none_or(|u| u == p.settings.user))
+        .cloned()
+        .collect();
+    if pools.is_empty() {
+        return Err(AdminError::new("08P01", "no such database or user"));
+    }
+    Ok(pools)
+}
+
 /// Parses `db` or `db,user` arguments of PAUSE, RESUME and friends.
 pub fn pool_filter(args: &[String]) -> (Option<String>, Option<String>) {
     let joined = args.join("");

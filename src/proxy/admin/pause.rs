@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{pool_filter, AdminError, BoxFuture, Command, Context, Reply};
+use super::{matching_pools, AdminError, BoxFuture, Command, Context, Reply};
 
 pub struct Pause;
 
@@ -23,19 +23,7 @@ impl Command for Pause {
         args: &'a [String],
     ) -> BoxFuture<'a, Result<Reply, AdminError>> {
         Box::pin(async move {
-            let (db, user) = pool_filter(args);
-            let pools: Vec<_> = ctx
-                .shared
-                .pools
-                .load()
-                .iter()
-                .filter(|p| db.as_deref().is_none_or(|d| d == p.settings.db))
-                .filter(|p| user.as_deref().is_none_or(|u| u == p.settings.user))
-                .cloned()
-                .collect();
-            if pools.is_empty() {
-                return Err(AdminError::new("08P01", "no such database or user"));
-            }
+            let pools = matching_pools(ctx, args)?;
             for p in &pools {
                 p.state.set_paused(true);
             }
