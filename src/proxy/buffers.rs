@@ -8,8 +8,9 @@ use bytes::BytesMut;
 
 /// Size of a pooled buffer.
 pub const SIZE: usize = 16 * 1024;
-/// Buffers kept per thread.
-const KEEP: usize = 256;
+/// Buffers kept per thread: enough for the sessions a worker switches
+/// between, not a reserve for every client that ever connected.
+const KEEP: usize = 32;
 
 thread_local! {
     static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
@@ -27,10 +28,11 @@ pub fn give(mut buf: BytesMut) {
         return;
     }
     buf.clear();
-    // Reclaims the space consumed by `advance` when the allocation is
-    // ours alone; allocates nothing in that case.
-    if buf.capacity() < SIZE {
-        buf.reserve(SIZE);
+    // Takes back the space consumed by `advance` when the allocation is
+    // ours alone. Never allocates: a small buffer (a login's) is freed,
+    // not grown into a pooled one.
+    if buf.capacity() < SIZE && !buf.try_reclaim(SIZE) {
+        return;
     }
     if buf.capacity() > 4 * SIZE {
         return;
@@ -54,6 +56,15 @@ pub fn release(buf: &mut BytesMut) {
 mod tests {
     use super::*;
     use bytes::{Buf, BufMut};
+
+    #[test]
+    fn small_buffers_are_freed_not_grown() {
+        let mut small = BytesMut::with_capacity(64);
+        small.put_slice(b"startup");
+        let before = FREE.with(|f| f.borrow().len());
+        give(small);
+        assert_eq!(FREE.with(|f| f.borrow().len()), before);
+    }
 
     #[test]
     fn buffers_are_reused_with_full_capacity() {

@@ -1,8 +1,9 @@
 //! Query cancellation. Each client gets its own backend pid and secret;
-//! while it holds a server connection, its entry points at that server's
-//! real key, so a CancelRequest reaches the query the client is running.
+//! while it holds a server connection, its registry entry names that
+//! connection, whose real key the CancelRequest is forwarded with.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -12,42 +13,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::net::{self, SocketSettings};
 use super::protocol::messages;
-
-/// The server key a cancel for one client goes to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerKey {
-    pub host: String,
-    pub port: u16,
-    pub pid: i32,
-    pub secret: i32,
-}
-
-/// One client's cancel slot.
-#[derive(Debug, Default)]
-pub struct CancelTarget {
-    server: Mutex<Option<ServerKey>>,
-}
-
-impl CancelTarget {
-    pub fn set(&self, key: Option<ServerKey>) {
-        *self.server.lock() = key;
-    }
-}
+use super::stats::{ClientInfo, Registry};
 
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    clients: Mutex<HashMap<(i32, i32), Arc<CancelTarget>>>,
+    clients: Mutex<HashMap<(i32, i32), Arc<ClientInfo>>>,
 }
 
 /// Removes the client's key from the registry when the client goes.
-pub struct Registration<'a> {
-    registry: &'a CancelRegistry,
+pub struct Registration {
+    registry: Arc<CancelRegistry>,
     pub pid: i32,
     pub secret: i32,
-    pub target: Arc<CancelTarget>,
 }
 
-impl Drop for Registration<'_> {
+impl Drop for Registration {
     fn drop(&mut self) {
         self.registry
             .clients
@@ -58,19 +38,17 @@ impl Drop for Registration<'_> {
 
 impl CancelRegistry {
     /// Issues a fresh (pid, secret) pair for a client.
-    pub fn register(&self) -> Registration<'_> {
+    pub fn register(self: &Arc<Self>, client: Arc<ClientInfo>) -> Registration {
         let mut rng = rand::thread_rng();
-        let target = Arc::new(CancelTarget::default());
         let mut clients = self.clients.lock();
         loop {
             let key = (rng.gen_range(1..i32::MAX), rng.gen::<i32>());
             if let std::collections::hash_map::Entry::Vacant(e) = clients.entry(key) {
-                e.insert(target.clone());
+                e.insert(client);
                 return Registration {
-                    registry: self,
+                    registry: self.clone(),
                     pid: key.0,
                     secret: key.1,
-                    target,
                 };
             }
         }
@@ -78,21 +56,34 @@ impl CancelRegistry {
 
     /// Forwards a CancelRequest to the server the client is using, if any.
     /// Unknown keys are ignored, as PostgreSQL does.
-    pub async fn cancel(&self, pid: i32, secret: i32, socket: &SocketSettings) {
-        let key = {
+    pub async fn cancel(
+        &self,
+        pid: i32,
+        secret: i32,
+        registry: &Registry,
+        socket: &SocketSettings,
+    ) {
+        let server = {
             let clients = self.clients.lock();
             clients
                 .get(&(pid, secret))
-                .and_then(|t| t.server.lock().clone())
+                .map(|c| c.server())
+                .filter(|&id| id != 0)
+                .and_then(|id| registry.server(id))
         };
-        let Some(key) = key else {
+        let Some(server) = server else {
             tracing::debug!(pid, "cancel request for unknown or idle client");
             return;
         };
+        let (host, port) = (server.host.clone(), server.port);
+        let (server_pid, server_secret) = (
+            server.remote_pid.load(Ordering::Relaxed),
+            server.secret_key.load(Ordering::Relaxed),
+        );
         let result = async {
-            let mut stream = net::connect(&key.host, key.port, socket).await?;
+            let mut stream = net::connect(&host, port, socket).await?;
             let mut out = BytesMut::with_capacity(16);
-            messages::cancel_request(&mut out, key.pid, key.secret);
+            messages::cancel_request(&mut out, server_pid, server_secret);
             stream.write_all(&out).await?;
             // PostgreSQL closes the connection once it has handled it.
             let mut sink = [0u8; 16];
@@ -102,7 +93,7 @@ impl CancelRegistry {
         }
         .await;
         if let Err(e) = result {
-            tracing::warn!(server = %format!("{}:{}", key.host, key.port), error = %e, "could not forward cancel request");
+            tracing::warn!(server = %host, port, error = %e, "could not forward cancel request");
         }
     }
 }

@@ -24,18 +24,18 @@ use socket2::SockRef;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
-use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, ClientAuthError};
-use super::cancel::{CancelTarget, ServerKey};
 use super::config::PoolMode;
 use super::net::SocketSettings;
 use super::pool::{CheckoutError, Lookup, PoolState, PooledServer, UserPool};
 use super::protocol::codec::{client_limit, peek_header, FrameError, HEADER_LEN, MAX_MESSAGE_LEN};
 use super::protocol::messages::{self, read_cstr, Severity, StartupPacket};
 use super::protocol::tracker::{Action, Expect, Synthetic, Tracker};
-use super::server::{quote_literal, tracked_param, Params, Server, ServerError};
-use super::stats::{ClientInfo, GaugeGuard, NewClient, PoolStats, ServerState};
+use super::server::{quote_literal, tracked_digest, tracked_param, Params, Server, ServerError};
+use super::stats::{
+    ClientInfo, GaugeGuard, KillSwitch, NewClient, PoolStats, Registration, ServerState,
+};
 use super::wire;
 use super::{buffers, Shared};
 
@@ -54,12 +54,25 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Entry point for an accepted connection. `kill` ends the session at
 /// once (admin KILL, forced shutdown).
-pub async fn handle(
+pub async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, kill: KillSwitch) {
+    // Login runs in its own allocation, freed when it is done: the task
+    // of an idle client keeps only the session and its idle wait.
+    let Some(mut session) = Box::pin(login(stream, peer, shared, kill)).await else {
+        return;
+    };
+    let end = session.run().await;
+    if session.log_disconnect {
+        tracing::info!(%peer, user = %session.user, database = %session.db, reason = ?end, "client disconnected");
+    }
+}
+
+/// Startup and authentication; returns the session of a logged-in client.
+async fn login(
     mut stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    kill: CancellationToken,
-) {
+    kill: KillSwitch,
+) -> Option<Session> {
     let config = shared.config.load_full();
     let socket = SocketSettings::from_general(&config.general);
     if let Err(e) = socket.apply(SockRef::from(&stream)) {
@@ -73,14 +86,14 @@ pub async fn handle(
     .await;
     let params = match startup {
         Ok(Ok(Some(params))) => params,
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "client startup failed");
-            return;
+            return None;
         }
         Err(_) => {
             refuse(&mut stream, "08006", "timeout during startup").await;
-            return;
+            return None;
         }
     };
     let user = params
@@ -94,7 +107,7 @@ pub async fn handle(
             "no PostgreSQL user name specified in startup packet",
         )
         .await;
-        return;
+        return None;
     };
     let database = params
         .iter()
@@ -112,7 +125,7 @@ pub async fn handle(
             "pgcat does not support replication connections",
         )
         .await;
-        return;
+        return None;
     }
     if config.general.log_client_connections {
         tracing::info!(%peer, %user, %database, "client connected");
@@ -125,25 +138,25 @@ pub async fn handle(
     if database == "pgcat" || database == "pgbouncer" {
         // Admin sessions do not hold up a shutdown's drain: they run
         // apart and end when the proxy does.
+        let (switch, entry) = shared.tasks.enroll();
         let login = super::admin::AdminLogin {
             peer,
             user,
             database,
             application_name,
-            kill: kill.clone(),
+            kill: switch.clone(),
         };
         let tasks = shared.admin_tasks.clone();
-        tasks.spawn(async move {
-            tokio::select! {
-                _ = super::admin::serve(stream, buf, login, shared) => {}
-                _ = kill.cancelled() => {}
-            }
+        let task = tasks.spawn(async move {
+            let _running = entry;
+            super::admin::serve(stream, buf, login, shared).await;
         });
-        return;
+        switch.arm(task.abort_handle());
+        return None;
     }
     if shared.is_shutting_down() {
         refuse(&mut stream, "57P01", "pgcat is shutting down").await;
-        return;
+        return None;
     }
     let pool = match shared.pools.load().lookup(&database, &user) {
         Lookup::Found(p) => p,
@@ -154,7 +167,7 @@ pub async fn handle(
                 &format!("database \"{database}\" does not exist"),
             )
             .await;
-            return;
+            return None;
         }
         Lookup::NoUser => {
             refuse(
@@ -163,7 +176,7 @@ pub async fn handle(
                 &format!("role \"{user}\" does not exist"),
             )
             .await;
-            return;
+            return None;
         }
     };
     let auth = tokio::time::timeout(
@@ -173,15 +186,15 @@ pub async fn handle(
     .await;
     match auth {
         Ok(Ok(())) => {}
-        Ok(Err(ClientAuthError::Io(_))) => return,
+        Ok(Err(ClientAuthError::Io(_))) => return None,
         Ok(Err(e)) => {
             tracing::info!(%peer, %user, %database, error = %e, "client authentication failed");
             refuse(&mut stream, e.sqlstate(), &e.to_string()).await;
-            return;
+            return None;
         }
         Err(_) => {
             refuse(&mut stream, "08006", "timeout during authentication").await;
-            return;
+            return None;
         }
     }
     let mut pool = pool;
@@ -199,13 +212,13 @@ pub async fn handle(
                             "pgcat: the pool was removed by a reload",
                         )
                         .await;
-                        return;
+                        return None;
                     }
                 }
             }
             Err(e) => {
                 refuse(&mut stream, "08006", &format!("pgcat: {e}")).await;
-                return;
+                return None;
             }
         }
     };
@@ -224,23 +237,7 @@ pub async fn handle(
         }
     }
 
-    let registration = shared.cancel.register();
-    let mut out = BytesMut::with_capacity(512);
-    messages::auth_ok(&mut out);
-    for (k, v) in &server_params.0 {
-        let v = client_params.get(k).unwrap_or(v);
-        messages::parameter_status(&mut out, k, v);
-    }
-    messages::backend_key_data(&mut out, registration.pid, registration.secret);
-    messages::ready_for_query(&mut out, b'I');
-    if stream.write_all(&out).await.is_err() {
-        return;
-    }
-    let state = pool.state.clone();
-    PoolStats::add(&state.stats.client_logins, 1);
-    let counted = state.clone();
-    let _logged_in = GaugeGuard::new(&counted.stats.clients);
-    let (info, _registered) = shared.registry.add_client(NewClient {
+    let (info, registered) = shared.registry.add_client(NewClient {
         peer,
         local: stream.local_addr().unwrap_or(peer),
         db: database.clone(),
@@ -256,8 +253,25 @@ pub async fn handle(
             stream.as_raw_fd()
         },
     });
-
-    let mut session = Session {
+    let registration = shared.cancel.register(info.clone());
+    let mut out = BytesMut::with_capacity(512);
+    messages::auth_ok(&mut out);
+    for (k, v) in &server_params.0 {
+        let v = client_params.get(k).unwrap_or(v);
+        messages::parameter_status(&mut out, k, v);
+    }
+    messages::backend_key_data(&mut out, registration.pid, registration.secret);
+    messages::ready_for_query(&mut out, b'I');
+    if stream.write_all(&out).await.is_err() {
+        return None;
+    }
+    let state = pool.state.clone();
+    PoolStats::add(&state.stats.client_logins, 1);
+    let session = Session {
+        _registered: registered,
+        _cancel_key: registration,
+        _logged_in: ClientsGauge::new(state.clone()),
+        log_disconnect: config.general.log_client_disconnections,
         client: stream,
         cbuf: buf,
         to_server: BytesMut::new(),
@@ -270,24 +284,21 @@ pub async fn handle(
         db: database.clone(),
         user: user.clone(),
         pool: None,
+        cached_pool: None,
         cleanup_server_connections: pool.settings.cleanup_server_connections,
         statement_cache_size: pool.settings.statement_cache_size,
         state,
         info,
         params: client_params,
+        tracked: None,
         statements: HashMap::new(),
-        cancel: registration.target.clone(),
         shared: shared.clone(),
         skipping: false,
         counts: Counts::default(),
         request_started: None,
         xact_started: None,
     };
-    drop(pool);
-    let end = session.run().await;
-    if config.general.log_client_disconnections {
-        tracing::info!(%peer, %user, %database, reason = ?end, "client disconnected");
-    }
+    Some(session)
 }
 
 /// Reads the startup packet, answering SSLRequest/GSSENCRequest with `N`
@@ -321,7 +332,10 @@ async fn startup(
                 stream.write_all(b"N").await?;
             }
             Ok(StartupPacket::Cancel { pid, secret }) => {
-                shared.cancel.cancel(pid, secret, socket).await;
+                shared
+                    .cancel
+                    .cancel(pid, secret, &shared.registry, socket)
+                    .await;
                 return Ok(None);
             }
             Ok(StartupPacket::Unsupported(code)) => {
@@ -399,6 +413,29 @@ fn statement_name(hash: u64) -> String {
     format!("pgcat_{hash:016x}")
 }
 
+/// One logged-in client in its (pool, user)'s gauge, for as long as the
+/// session lives.
+struct ClientsGauge(Arc<PoolState>);
+
+impl ClientsGauge {
+    fn new(state: Arc<PoolState>) -> Self {
+        state
+            .stats
+            .clients
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ClientsGauge(state)
+    }
+}
+
+impl Drop for ClientsGauge {
+    fn drop(&mut self) {
+        self.0
+            .stats
+            .clients
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug)]
 pub enum SessionEnd {
@@ -438,6 +475,14 @@ impl std::fmt::Display for FrameErrorOrMalformed {
 }
 
 struct Session {
+    /// First field, so dropped first: the registry entry (whose socket
+    /// a shutdown may touch) goes before the socket closes.
+    _registered: Registration,
+    /// The client's cancel key, valid while the session lives.
+    _cancel_key: super::cancel::Registration,
+    /// Counts the client in its pool's gauge while it is logged in.
+    _logged_in: ClientsGauge,
+    log_disconnect: bool,
     client: TcpStream,
     /// Bytes read from the client and not yet handled.
     cbuf: BytesMut,
@@ -457,6 +502,9 @@ struct Session {
     /// transactions, so that a pool replaced by a reload is released as
     /// soon as its last transaction ends.
     pool: Option<Arc<UserPool>>,
+    /// The pool the last checkout found, with the generation of the pool
+    /// set it was found in: saves the name lookup while no reload ran.
+    cached_pool: Option<(u64, Arc<UserPool>)>,
     cleanup_server_connections: bool,
     statement_cache_size: usize,
     /// Counters and pause flag of this (pool, user); outlive reloads.
@@ -464,9 +512,10 @@ struct Session {
     info: Arc<ClientInfo>,
     /// The tracked settings as this client last set or saw them.
     params: Params,
+    /// Their digest, computed when first needed after they changed.
+    tracked: Option<u64>,
     /// Transaction mode: statements by the client's name.
     statements: HashMap<Vec<u8>, Arc<Prepared>>,
-    cancel: Arc<CancelTarget>,
     shared: Arc<Shared>,
     /// After a failed checkout: drop messages up to the next Sync, as
     /// PostgreSQL does after an error.
@@ -498,119 +547,132 @@ impl Session {
     /// before the first query in session mode) no server is held; a
     /// session-mode pump only returns when the session ends.
     async fn run(&mut self) -> SessionEnd {
-        let mut shutdown = self.shared.shutdown_rx();
         loop {
             if self.cbuf.is_empty() {
-                if *shutdown.borrow() {
+                // A shutdown wakes idle sessions by closing the read side
+                // of their sockets (see Registry::wake_idle_clients).
+                if self.shared.is_shutting_down() {
                     self.fatal("57P01", "pgcat is shutting down").await;
                     return SessionEnd::Shutdown;
                 }
                 // Idle: hold no buffers while the client is quiet.
                 self.release_buffers();
-                tokio::select! {
-                    r = self.client.readable() => if r.is_err() { return SessionEnd::ClientGone },
-                    _ = shutdown.changed() => continue,
-                }
-            }
-            if !self.first_message_ready() {
-                if !self.read_client().await {
+                if self.client.readable().await.is_err() {
                     return SessionEnd::ClientGone;
                 }
-                continue;
-            }
-            match peek_header(&self.cbuf, client_limit) {
-                Err(e) => {
-                    let msg = format!("invalid message from client: {e}");
-                    self.fatal("08P01", &msg).await;
-                    return SessionEnd::ClientProtocol(msg);
-                }
-                Ok(Some(h)) if h.tag == b'X' => return SessionEnd::ClientGone,
-                _ => {}
-            }
-            if self.skipping {
-                if let Err(e) = self.skip_until_sync().await {
-                    return e;
-                }
-                continue;
-            }
-
-            if self.mode == PoolMode::Transaction && self.prepare_locally() {
-                if self.flush_client().await.is_err() {
-                    return SessionEnd::ClientGone;
-                }
-                continue;
-            }
-
-            let mut server = match self.checkout().await {
-                Ok(s) => s,
-                Err(SessionEnd::NoServer(msg)) => {
-                    // The client may retry: answer this request with an
-                    // error and keep the session.
-                    self.error_response("53300", &msg);
-                    self.skipping = true;
-                    if let Err(e) = self.skip_until_sync().await {
-                        return e;
-                    }
+                if self.shared.is_shutting_down() {
                     continue;
                 }
-                Err(end) => return end,
-            };
-
-            let state = self.state.clone();
-            let _active = GaugeGuard::new(&state.stats.clients_active);
-            let outcome = self.pump(&mut server).await;
-            self.flush_counters();
-            match outcome {
-                Outcome::Released => {
-                    self.cancel.set(None);
-                    self.info.set_idle();
-                    server.last_used = Instant::now();
-                    // The request ended cleanly: the connection may go back.
-                    server.broken = false;
-                    self.pool = None;
-                    if server.dirty {
-                        // Reset the client's SETs before anyone else gets
-                        // this server; the client gets its answer first.
-                        let flushed = self.flush_client().await;
-                        self.cleanup(&mut server).await;
-                        drop(server);
-                        if flushed.is_err() {
-                            return SessionEnd::ClientGone;
-                        }
-                    } else {
-                        drop(server);
-                        if self.flush_client().await.is_err() {
-                            return SessionEnd::ClientGone;
-                        }
-                    }
-                }
-                Outcome::ClientGone => {
-                    return self.end(server, SessionEnd::ClientGone).await;
-                }
-                Outcome::Shutdown => {
-                    let _ = self.flush_client().await;
-                    self.fatal("57P01", "pgcat is shutting down").await;
-                    return self.end(server, SessionEnd::Shutdown).await;
-                }
-                Outcome::ClientProtocol(e) => {
-                    let msg = format!("invalid message from client: {e}");
-                    self.fatal("08P01", &msg).await;
-                    return self.end(server, SessionEnd::ClientProtocol(msg)).await;
-                }
-                Outcome::ServerFailed(e) => {
-                    server.broken = true;
-                    self.cancel.set(None);
-                    self.info.set_idle();
-                    drop(server);
-                    self.pool = None;
-                    let msg = format!("server connection lost: {e}");
-                    tracing::warn!(db = %self.db, user = %self.user, error = %e, "server connection failed while in use");
-                    let _ = self.flush_client().await;
-                    self.fatal("08006", &msg).await;
-                    return SessionEnd::ServerFailed(msg);
-                }
+            }
+            // Everything a request needs beyond the wait above runs in its
+            // own allocation, so an idle session holds only that wait.
+            if let Some(end) = Box::pin(self.serve()).await {
+                return end;
             }
         }
+    }
+
+    /// Works on what the client sent: answers it locally, or checks out a
+    /// server and pumps until the transaction (transaction mode) or the
+    /// session (session mode) ends. Some(end) ends the session.
+    async fn serve(&mut self) -> Option<SessionEnd> {
+        if !self.first_message_ready() {
+            if !self.read_client().await {
+                return Some(SessionEnd::ClientGone);
+            }
+            return None;
+        }
+        match peek_header(&self.cbuf, client_limit) {
+            Err(e) => {
+                let msg = format!("invalid message from client: {e}");
+                self.fatal("08P01", &msg).await;
+                return Some(SessionEnd::ClientProtocol(msg));
+            }
+            Ok(Some(h)) if h.tag == b'X' => return Some(SessionEnd::ClientGone),
+            _ => {}
+        }
+        if self.skipping {
+            if let Err(e) = self.skip_until_sync().await {
+                return Some(e);
+            }
+            return None;
+        }
+
+        if self.mode == PoolMode::Transaction && self.prepare_locally() {
+            if self.flush_client().await.is_err() {
+                return Some(SessionEnd::ClientGone);
+            }
+            return None;
+        }
+
+        let mut server = match self.checkout().await {
+            Ok(s) => s,
+            Err(SessionEnd::NoServer(msg)) => {
+                // The client may retry: answer this request with an
+                // error and keep the session.
+                self.error_response("53300", &msg);
+                self.skipping = true;
+                if let Err(e) = self.skip_until_sync().await {
+                    return Some(e);
+                }
+                return None;
+            }
+            Err(end) => return Some(end),
+        };
+
+        let state = self.state.clone();
+        let _active = GaugeGuard::new(&state.stats.clients_active);
+        let outcome = self.pump(&mut server).await;
+        self.flush_counters();
+        match outcome {
+            Outcome::Released => {
+                self.info.set_idle();
+                server.last_used = super::stats::coarse_ms();
+                // The request ended cleanly: the connection may go back.
+                server.broken = false;
+                self.pool = None;
+                if server.dirty {
+                    // Reset the client's SETs before anyone else gets
+                    // this server; the client gets its answer first.
+                    let flushed = self.flush_client().await;
+                    self.cleanup(&mut server).await;
+                    drop(server);
+                    if flushed.is_err() {
+                        return Some(SessionEnd::ClientGone);
+                    }
+                } else {
+                    drop(server);
+                    if self.flush_client().await.is_err() {
+                        return Some(SessionEnd::ClientGone);
+                    }
+                }
+            }
+            Outcome::ClientGone => {
+                return Some(self.end(server, SessionEnd::ClientGone).await);
+            }
+            Outcome::Shutdown => {
+                let _ = self.flush_client().await;
+                self.fatal("57P01", "pgcat is shutting down").await;
+                return Some(self.end(server, SessionEnd::Shutdown).await);
+            }
+            Outcome::ClientProtocol(e) => {
+                let msg = format!("invalid message from client: {e}");
+                self.fatal("08P01", &msg).await;
+                return Some(self.end(server, SessionEnd::ClientProtocol(msg)).await);
+            }
+            Outcome::ServerFailed(e) => {
+                server.broken = true;
+                self.info.set_idle();
+                drop(server);
+                self.pool = None;
+                let msg = format!("server connection lost: {e}");
+                tracing::warn!(db = %self.db, user = %self.user, error = %e, "server connection failed while in use");
+                let _ = self.flush_client().await;
+                self.fatal("08006", &msg).await;
+                return Some(SessionEnd::ServerFailed(msg));
+            }
+        }
+        None
     }
 
     /// Transaction mode, no server held: a batch of nothing but Parse
@@ -726,13 +788,37 @@ impl Session {
         &mut self,
     ) -> Result<Result<PooledServer, SessionEnd>, CheckoutError> {
         // A reload may have replaced the pool: every checkout goes to the
-        // current one.
-        let pool = match self.shared.pools.load().lookup(&self.db, &self.user) {
+        // current one. The set's generation says whether the pool found
+        // last time still is.
+        let current = self
+            .shared
+            .pools_generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        let cached = self
+            .cached_pool
+            .as_ref()
+            .filter(|(generation, _)| *generation == current)
+            .map(|(_, p)| p.clone());
+        let (found, generation) = match cached {
+            Some(p) => (Lookup::Found(p), current),
+            None => {
+                let set = self.shared.pools.load();
+                (set.lookup(&self.db, &self.user), set.generation)
+            }
+        };
+        let pool = match found {
             Lookup::Found(p) => {
-                self.mode = p.settings.mode;
-                self.cleanup_server_connections = p.settings.cleanup_server_connections;
-                self.statement_cache_size = p.settings.statement_cache_size;
-                self.state = p.state.clone();
+                if self
+                    .cached_pool
+                    .as_ref()
+                    .is_none_or(|(_, c)| !Arc::ptr_eq(c, &p))
+                {
+                    self.mode = p.settings.mode;
+                    self.cleanup_server_connections = p.settings.cleanup_server_connections;
+                    self.statement_cache_size = p.settings.statement_cache_size;
+                    self.state = p.state.clone();
+                    self.cached_pool = Some((generation, p.clone()));
+                }
                 p
             }
             _ => {
@@ -756,25 +842,28 @@ impl Session {
         server.info.set_state(ServerState::Active, self.info.id);
         self.info.set_active(server.info.id);
         self.pool = Some(pool);
-        self.cancel.set(Some(ServerKey {
-            host: server.address.host.clone(),
-            port: server.address.port,
-            pid: server.backend_pid,
-            secret: server.secret_key,
-        }));
         if let Err(e) = self.sync_params(&mut server).await {
             let msg = format!("could not apply client settings on the server: {e}");
-            self.cancel.set(None);
             self.info.set_idle();
             self.fatal("08006", &msg).await;
             return Ok(Err(SessionEnd::ServerFailed(msg)));
         }
-        self.tracker = Tracker::new();
+        self.tracker.reset();
         Ok(Ok(server))
     }
 
     /// Sets the client's tracked settings on a server whose values differ.
     async fn sync_params(&mut self, server: &mut Server) -> Result<(), ServerError> {
+        // Usually they match: one comparison of digests says so.
+        let mine = *self
+            .tracked
+            .get_or_insert_with(|| tracked_digest(&self.params));
+        let theirs = *server
+            .tracked
+            .get_or_insert_with(|| tracked_digest(&server.params));
+        if mine == theirs {
+            return Ok(());
+        }
         let mut sql = String::new();
         for (k, v) in &self.params.0 {
             if server.params.get(k) != Some(v.as_str()) {
@@ -794,6 +883,7 @@ impl Session {
                 }
             }
         }
+        self.tracked = None;
         Ok(())
     }
 
@@ -849,15 +939,14 @@ impl Session {
         }
         server.dirty = false;
         server.broken = false;
-        self.tracker = Tracker::new();
+        self.tracker.reset();
     }
 
     /// Ends the session, bringing the server it held back to a clean
     /// state (or marking it broken) before it returns to the pool.
     async fn end(&mut self, mut server: PooledServer, end: SessionEnd) -> SessionEnd {
-        self.cancel.set(None);
         self.cleanup(&mut server).await;
-        server.last_used = Instant::now();
+        server.last_used = super::stats::coarse_ms();
         self.info.set_idle();
         drop(server);
         self.pool = None;
@@ -984,13 +1073,13 @@ impl Session {
         }
         // A session-mode client holds its server between transactions; on
         // shutdown it is let go at the next transaction boundary.
-        let mut rx = self.shared.shutdown_rx();
-        let watch = self.mode == PoolMode::Session;
+        let rx = (self.mode == PoolMode::Session).then(|| self.shared.shutdown_rx());
         let mut shutdown = std::pin::pin!(async move {
-            if watch {
-                let _ = rx.wait_for(|stopping| *stopping).await;
-            } else {
-                std::future::pending::<()>().await;
+            match rx {
+                Some(mut rx) => {
+                    let _ = rx.wait_for(|stopping| *stopping).await;
+                }
+                None => std::future::pending::<()>().await,
             }
         });
         let mut stopping = false;
@@ -1356,6 +1445,8 @@ impl Session {
                     if let Ok((k, v)) = messages::parse_parameter_status(body) {
                         if let Some(name) = tracked_param(&k) {
                             self.params.set(name, &v);
+                            self.tracked = None;
+                            server.tracked = None;
                         }
                         if k == "application_name" {
                             *self.info.application_name.lock() = v.clone();
@@ -1522,5 +1613,37 @@ mod tests {
         let e = query_effect(b"DEALLOCATE ALL\0");
         assert!(e.dirty && e.drops_statements);
         assert!(query_effect(b"discard all\0").drops_statements);
+    }
+}
+
+#[cfg(test)]
+mod idle_footprint {
+    /// What an idle client's task holds is the session plus its wait:
+    /// login and request states live in their own, short-lived
+    /// allocations. This guards against a change folding them back in.
+    #[tokio::test]
+    async fn an_idle_session_task_stays_under_one_kib() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (config, _) = crate::proxy::config::Config::parse(
+            "[general]\nhost = \"127.0.0.1\"\nport = 0\nadmin_username = \"a\"\nadmin_password = \"a\"\n",
+            "t",
+        )
+        .unwrap();
+        let proxy = crate::proxy::Proxy::start(config, std::future::pending())
+            .await
+            .unwrap();
+        let task = super::handle(
+            stream,
+            "127.0.0.1:1".parse().unwrap(),
+            proxy.shared().clone(),
+            Default::default(),
+        );
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1024, "a client task's future takes {size} bytes");
+        drop(task);
+        proxy.stop().await;
     }
 }

@@ -8,15 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{client, Shared};
 
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
     let clients = TaskTracker::new();
-    // Cancels client tasks still running when the drain times out.
-    let kill = CancellationToken::new();
     tokio::pin!(shutdown);
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut draining = false;
@@ -24,16 +21,19 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let shared = shared.clone();
-                    // Cancelled by KILL for this client's database, or by
-                    // the forced end of a shutdown.
-                    let mine = kill.child_token();
-                    clients.spawn(async move {
-                        tokio::select! {
-                            _ = client::handle(stream, peer, shared, mine.clone()) => {}
-                            _ = mine.cancelled() => {}
+                    // The switch aborts the task: KILL for its database,
+                    // or the forced end of a shutdown. Nothing is polled
+                    // for it while the session runs.
+                    let (switch, entry) = shared.tasks.enroll();
+                    let task_shared = shared.clone();
+                    let task = clients.spawn({
+                        let switch = switch.clone();
+                        async move {
+                            let _running = entry;
+                            client::handle(stream, peer, task_shared, switch).await;
                         }
                     });
+                    switch.arm(task.abort_handle());
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off
@@ -65,7 +65,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         }
     }
     drop(listener);
-    kill.cancel();
+    shared.tasks.abort_all();
     clients.close();
     clients.wait().await;
     shared.admin_tasks.close();

@@ -43,7 +43,10 @@ pub struct Shared {
     /// The running pools; replaced whole on reload, keeping the pools
     /// whose config hash did not change.
     pub pools: ArcSwap<PoolSet>,
-    pub cancel: CancelRegistry,
+    /// The generation of the set in `pools`, readable without touching
+    /// the ArcSwap: sessions that remember their pool check this.
+    pub pools_generation: std::sync::atomic::AtomicU64,
+    pub cancel: Arc<CancelRegistry>,
     /// Every client and server connection, for the admin console.
     pub registry: Arc<Registry>,
     pub started_at: SystemTime,
@@ -55,6 +58,10 @@ pub struct Shared {
     reload_lock: Mutex<()>,
     /// True once a graceful shutdown began.
     shutdown: watch::Sender<bool>,
+    /// The same as a plain flag, for checks on the hot path.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Every client task, so a shutdown can abort what is left.
+    pub tasks: Arc<stats::Tasks>,
     /// Asks the listener to begin a graceful shutdown.
     shutdown_requested: Notify,
     /// Signalled when a second shutdown request asks for an immediate exit.
@@ -69,11 +76,14 @@ impl Shared {
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn begin_shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.shutdown.send_replace(true);
+        self.registry.wake_idle_clients();
     }
 
     async fn killed(&self) {
@@ -87,6 +97,15 @@ impl Shared {
         } else {
             self.shutdown_requested.notify_one();
         }
+    }
+
+    /// Puts a new pool set in service; returns the one it replaces.
+    pub fn publish_pools(&self, pools: Arc<PoolSet>) -> Arc<PoolSet> {
+        let generation = pools.generation;
+        let old = self.pools.swap(pools);
+        self.pools_generation
+            .store(generation, std::sync::atomic::Ordering::Release);
+        old
     }
 
     /// Reloads the config file (SIGHUP, RELOAD, autoreload).
@@ -134,8 +153,9 @@ impl Proxy {
         let (shutdown_tx, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
+            pools_generation: std::sync::atomic::AtomicU64::new(pools.generation),
             pools: ArcSwap::from_pointee(pools),
-            cancel: CancelRegistry::default(),
+            cancel: Arc::new(CancelRegistry::default()),
             registry,
             started_at: SystemTime::now(),
             listen_addr: local_addr,
@@ -143,6 +163,8 @@ impl Proxy {
             reloads: Mutex::new(ReloadLog::default()),
             reload_lock: Mutex::new(()),
             shutdown: shutdown_tx,
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            tasks: Arc::new(stats::Tasks::default()),
             shutdown_requested: Notify::new(),
             kill: Notify::new(),
             admin_tasks: tokio_util::task::TaskTracker::new(),
@@ -180,7 +202,7 @@ impl Proxy {
             // Close every pooled server connection now rather than when
             // the last reference goes.
             let empty = Arc::new(PoolSet::default());
-            let old = task_shared.pools.swap(empty.clone());
+            let old = task_shared.publish_pools(empty.clone());
             empty.retire_replaced(&old);
             let _ = done_tx.send(true);
         });

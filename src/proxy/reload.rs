@@ -117,7 +117,7 @@ pub fn apply(
     let new_pools = PoolSet::build(&config, Some(&old_pools), &shared.registry, force);
     let changed = new_pools.changed_since(&old_pools);
     shared.config.store(Arc::new(config));
-    shared.pools.store(Arc::new(new_pools));
+    shared.publish_pools(Arc::new(new_pools));
     shared.pools.load().retire_replaced(&old_pools);
     let record = ReloadRecord {
         at_unix: unix_secs(SystemTime::now()),

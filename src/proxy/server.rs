@@ -87,6 +87,17 @@ pub const TRACKED_PARAMS: &[&str] = &[
     "IntervalStyle",
 ];
 
+/// A digest of the tracked settings' values, to tell in one comparison
+/// whether a client's settings match a server's.
+pub fn tracked_digest(params: &Params) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    for name in TRACKED_PARAMS {
+        params.get(name).hash(&mut h);
+    }
+    h.finish()
+}
+
 /// The canonical spelling of a tracked setting (names are
 /// case-insensitive in PostgreSQL, ParameterStatus uses these).
 pub fn tracked_param(name: &str) -> Option<&'static str> {
@@ -186,14 +197,17 @@ pub struct Server {
     pub statements: ServerStatements,
     pub id: u64,
     pub created: Instant,
-    /// When a client last gave it back; the health check is skipped for
-    /// connections used more recently than `healthcheck_delay`.
-    pub last_used: Instant,
+    /// When a client last gave it back (coarse ms); the health check is
+    /// skipped for connections used more recently than `healthcheck_delay`.
+    pub last_used: u64,
     /// Set when the connection must not be reused (IO error, abandoned
     /// mid-request, protocol confusion). bb8 drops it on return.
     pub broken: bool,
     /// A client changed session state that must be reset before reuse.
     pub dirty: bool,
+    /// [`tracked_digest`] of `params`, computed when first needed after
+    /// they changed.
+    pub tracked: Option<u64>,
     /// What the admin console shows about this connection.
     pub info: Arc<ServerInfo>,
     _registration: Option<Registration>,
@@ -301,6 +315,7 @@ impl Server {
         }
         let now = Instant::now();
         info.remote_pid.store(key.0, Ordering::Relaxed);
+        info.secret_key.store(key.1, Ordering::Relaxed);
         if let Some(app) = params.get("application_name") {
             *info.application_name.lock() = app.to_string();
         }
@@ -314,9 +329,10 @@ impl Server {
             statements: ServerStatements::default(),
             id: info.id,
             created: now,
-            last_used: now,
+            last_used: super::stats::coarse_ms(),
             broken: false,
             dirty: false,
+            tracked: None,
             info,
             _registration: registration,
             mirrors: Vec::new(),
@@ -370,6 +386,7 @@ impl Server {
                 b'S' => {
                     if let Ok((k, v)) = messages::parse_parameter_status(&msg.body) {
                         self.params.set(&k, &v);
+                        self.tracked = None;
                     }
                 }
                 _ => {}

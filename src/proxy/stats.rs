@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
+use tokio::task::AbortHandle;
 
 use super::net::SocketInfo;
 
@@ -26,6 +26,28 @@ pub fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+/// Milliseconds on a clock that a background thread advances every 10 ms:
+/// for bookkeeping (when a connection was last used, when a request
+/// began) that needs no precision, without a clock read on the hot path.
+pub fn coarse_ms() -> u64 {
+    static CLOCK: std::sync::OnceLock<&'static AtomicU64> = std::sync::OnceLock::new();
+    fn read() -> u64 {
+        now_us() / 1000
+    }
+    let clock = CLOCK.get_or_init(|| {
+        let clock: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(read())));
+        std::thread::Builder::new()
+            .name("pgcat-clock".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(10));
+                clock.store(read(), Ordering::Relaxed);
+            })
+            .expect("clock thread");
+        clock
+    });
+    clock.load(Ordering::Relaxed)
 }
 
 pub fn unix_secs(t: SystemTime) -> u64 {
@@ -251,19 +273,24 @@ pub struct ClientInfo {
     wait_start: AtomicU64,
     /// Id of the server connection it holds (0: none).
     server: AtomicU64,
-    /// Cancelled by KILL and forced shutdown: ends the session at once.
-    pub kill: CancellationToken,
+    /// Ends the session at once (KILL, forced shutdown).
+    pub kill: KillSwitch,
     /// The socket, for keepalive read-back; valid while registered.
     pub fd: std::os::fd::RawFd,
 }
 
 impl ClientInfo {
     pub fn set_waiting(&self) {
-        let now = now_us();
+        let now = coarse_ms() * 1000;
         self.request_time.store(now, Ordering::Relaxed);
         self.wait_start.store(now, Ordering::Relaxed);
         self.state
             .store(ClientState::Waiting as u8, Ordering::Relaxed);
+    }
+
+    /// The server connection the client holds (0: none).
+    pub fn server(&self) -> u64 {
+        self.server.load(Ordering::Relaxed)
     }
 
     pub fn set_active(&self, server: u64) {
@@ -318,6 +345,8 @@ pub struct ServerInfo {
     pub role: &'static str,
     pub local: Mutex<Option<SocketAddr>>,
     pub remote_pid: AtomicI32,
+    /// The server's cancel secret, for forwarding a client's cancel.
+    pub secret_key: AtomicI32,
     pub connect_time: SystemTime,
     state: AtomicU8,
     request_time: AtomicU64,
@@ -330,7 +359,8 @@ pub struct ServerInfo {
 impl ServerInfo {
     pub fn set_state(&self, state: ServerState, client: u64) {
         if state == ServerState::Active {
-            self.request_time.store(now_us(), Ordering::Relaxed);
+            self.request_time
+                .store(coarse_ms() * 1000, Ordering::Relaxed);
         }
         self.client.store(client, Ordering::Relaxed);
         self.state.store(state as u8, Ordering::Relaxed);
@@ -383,8 +413,69 @@ pub struct NewClient {
     pub user: String,
     pub admin: bool,
     pub application_name: String,
-    pub kill: CancellationToken,
+    pub kill: KillSwitch,
     pub fd: std::os::fd::RawFd,
+}
+
+/// Aborts one connection's task: set once the task is spawned.
+#[derive(Debug, Clone, Default)]
+pub struct KillSwitch(Arc<std::sync::OnceLock<AbortHandle>>);
+
+impl KillSwitch {
+    pub fn arm(&self, handle: AbortHandle) {
+        let _ = self.0.set(handle);
+    }
+
+    pub fn kill(&self) {
+        if let Some(h) = self.0.get() {
+            h.abort();
+        }
+    }
+}
+
+/// The tasks of every client connection, so that the end of a shutdown
+/// can abort those still running.
+#[derive(Debug, Default)]
+pub struct Tasks {
+    next: AtomicU64,
+    live: Mutex<HashMap<u64, KillSwitch>>,
+}
+
+/// Removes a task from [`Tasks`] when its future ends or is dropped.
+pub struct TaskEntry {
+    tasks: Arc<Tasks>,
+    id: u64,
+}
+
+impl Drop for TaskEntry {
+    fn drop(&mut self) {
+        self.tasks.live.lock().remove(&self.id);
+    }
+}
+
+impl Tasks {
+    /// A kill switch for a task about to be spawned, and the entry the
+    /// task holds while it runs.
+    pub fn enroll(self: &Arc<Self>) -> (KillSwitch, TaskEntry) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let switch = KillSwitch::default();
+        self.live.lock().insert(id, switch.clone());
+        (
+            switch,
+            TaskEntry {
+                tasks: self.clone(),
+                id,
+            },
+        )
+    }
+
+    pub fn abort_all(&self) -> usize {
+        let live = self.live.lock();
+        for s in live.values() {
+            s.kill();
+        }
+        live.len()
+    }
 }
 
 pub struct NewServer {
@@ -461,6 +552,7 @@ impl Registry {
             role: s.role,
             local: Mutex::new(None),
             remote_pid: AtomicI32::new(0),
+            secret_key: AtomicI32::new(0),
             connect_time: SystemTime::now(),
             state: AtomicU8::new(ServerState::Login as u8),
             request_time: AtomicU64::new(now_us()),
@@ -488,11 +580,34 @@ impl Registry {
         let mut n = 0;
         for c in clients.values() {
             if !c.admin && db.is_none_or(|d| d == c.db) {
-                c.kill.cancel();
+                c.kill.kill();
                 n += 1;
             }
         }
         n
+    }
+
+    /// At the start of a shutdown: wakes clients that sit idle between
+    /// transactions, by closing the read side of their sockets, so that
+    /// they are told and let go instead of waiting for their next query.
+    /// (Idle sessions watch nothing but their socket, which keeps the
+    /// per-transaction path free of a shutdown check.)
+    pub fn wake_idle_clients(&self) {
+        // Entries leave the registry before their socket closes, and
+        // removal takes this lock: every fd seen here is still theirs.
+        let clients = self.clients.lock();
+        for c in clients.values() {
+            if !c.admin && c.state() == ClientState::Idle {
+                // SAFETY: shutdown(2) on a socket the registry entry owns.
+                unsafe {
+                    libc::shutdown(c.fd, libc::SHUT_RD);
+                }
+            }
+        }
+    }
+
+    pub fn server(&self, id: u64) -> Option<Arc<ServerInfo>> {
+        self.servers.lock().get(&id).cloned()
     }
 }
 

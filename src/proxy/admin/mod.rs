@@ -37,7 +37,6 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, ClientAuth, ClientAuthError};
 use super::protocol::messages::{self, Severity};
@@ -258,7 +257,7 @@ pub struct AdminLogin {
     pub user: String,
     pub database: String,
     pub application_name: String,
-    pub kill: CancellationToken,
+    pub kill: super::stats::KillSwitch,
 }
 
 /// Serves one admin console session.

@@ -178,10 +178,12 @@ pub struct ServerManager {
 }
 
 impl bb8::ManageConnection for ServerManager {
-    type Connection = Server;
+    /// Boxed: bb8 moves connections in and out of its idle queue at every
+    /// checkout, and a pointer moves cheaper than the whole struct.
+    type Connection = Box<Server>;
     type Error = ServerError;
 
-    async fn connect(&self) -> Result<Server, ServerError> {
+    async fn connect(&self) -> Result<Box<Server>, ServerError> {
         if self.retired.load(Ordering::Relaxed) {
             return Err(ServerError::Retired);
         }
@@ -194,7 +196,7 @@ impl bb8::ManageConnection for ServerManager {
             Ok(mut s) => {
                 *self.last_error.lock() = None;
                 s.mirrors = self.mirrors.iter().map(MirrorHandle::start).collect();
-                Ok(s)
+                Ok(Box::new(s))
             }
             Err(e) => {
                 tracing::warn!(server = %self.address, error = %e, "server connection failed");
@@ -204,7 +206,7 @@ impl bb8::ManageConnection for ServerManager {
         }
     }
 
-    async fn is_valid(&self, conn: &mut Server) -> Result<(), ServerError> {
+    async fn is_valid(&self, conn: &mut Box<Server>) -> Result<(), ServerError> {
         if self.retired.load(Ordering::Relaxed) {
             return Err(ServerError::Retired);
         }
@@ -216,15 +218,16 @@ impl bb8::ManageConnection for ServerManager {
         }
         // A connection used moments ago is fine; checking it would cost a
         // round trip per transaction.
-        if conn.last_used.elapsed() < self.healthcheck_delay {
+        let now = super::stats::coarse_ms();
+        if now.saturating_sub(conn.last_used) < self.healthcheck_delay.as_millis() as u64 {
             return Ok(());
         }
         conn.run(";", self.healthcheck_timeout).await?;
-        conn.last_used = Instant::now();
+        conn.last_used = now;
         Ok(())
     }
 
-    fn has_broken(&self, conn: &mut Server) -> bool {
+    fn has_broken(&self, conn: &mut Box<Server>) -> bool {
         conn.broken || self.retired.load(Ordering::Relaxed)
     }
 }
@@ -603,14 +606,21 @@ impl UserPool {
         let several = candidates.len() > 1;
         for server in &candidates {
             let deadline = self.settings.connect_timeout;
+            // A permit free at once needs no timer of ours: bb8 bounds its
+            // own wait by connect_timeout.
+            let ready = server.slot.semaphore.clone().try_acquire_owned().ok();
+            let timed = ready.is_none();
             let attempt = async {
-                let permit = server
-                    .slot
-                    .semaphore
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("pool semaphore is never closed");
+                let permit = match ready {
+                    Some(p) => p,
+                    None => server
+                        .slot
+                        .semaphore
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("pool semaphore is never closed"),
+                };
                 let mut guard = PooledServer {
                     conn: None,
                     permit: Some(permit),
@@ -620,9 +630,20 @@ impl UserPool {
                 guard.conn = Some(conn);
                 Ok::<_, bb8::RunError<ServerError>>(guard)
             };
-            let got = tokio::select! {
-                r = tokio::time::timeout(deadline, attempt) => r.unwrap_or(Err(bb8::RunError::TimedOut)),
-                _ = self.retired_signal.cancelled() => return Err(CheckoutError::Retired),
+            // Biased: an idle connection is taken on the first poll, before
+            // the retirement signal registers a waiter.
+            let got = if timed {
+                tokio::select! {
+                    biased;
+                    r = tokio::time::timeout(deadline, attempt) => r.unwrap_or(Err(bb8::RunError::TimedOut)),
+                    _ = self.retired_signal.cancelled() => return Err(CheckoutError::Retired),
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    r = attempt => r,
+                    _ = self.retired_signal.cancelled() => return Err(CheckoutError::Retired),
+                }
             };
             match got {
                 Ok(conn) => {
@@ -692,7 +713,12 @@ pub enum Lookup {
 pub struct PoolSet {
     /// database -> user -> pool.
     pools: HashMap<String, HashMap<String, Arc<UserPool>>>,
+    /// Different for every set built: sessions that remember a pool check
+    /// it against this instead of looking the pool up again.
+    pub generation: u64,
 }
+
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl PoolSet {
     /// Builds every pool. A pool whose hash matches the one in `previous`
@@ -733,7 +759,10 @@ impl PoolSet {
             };
             pools.insert(db.clone(), users);
         }
-        PoolSet { pools }
+        PoolSet {
+            pools,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     pub fn lookup(&self, db: &str, user: &str) -> Lookup {

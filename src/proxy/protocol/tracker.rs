@@ -91,6 +91,16 @@ impl Tracker {
         Self::default()
     }
 
+    /// Starts over for a new checkout, keeping the queue's allocation.
+    pub fn reset(&mut self) {
+        self.queue.clear();
+        self.status = b'I';
+        self.unsynced = false;
+        self.copy_in_extended = false;
+        self.failed.clear();
+        self.prepared.clear();
+    }
+
     /// Records a client message forwarded unchanged. Messages with
     /// statement names that pgcat rewrites push their own [`Expect`].
     pub fn client_message(&mut self, tag: u8) {
