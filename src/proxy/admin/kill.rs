@@ -2,41 +2,29 @@
 //! once. Its pools stay paused until RESUME, as in PgBouncer.
 
 use super::reconnect::reconnect;
-use super::{pool_filter, AdminError, BoxFuture, Command, Context, Reply};
+use super::{pool_filter, AdminError, Command, Context, Reply};
 
-pub struct Kill;
+pub const COMMAND: Command = Command {
+    words: &["KILL"],
+    help: "db: drop all client and server connections of a database; RESUME undoes the pause",
+    run,
+};
 
-impl Command for Kill {
-    fn words(&self) -> &'static [&'static str] {
-        &["KILL"]
+fn run(ctx: &Context, args: &[String]) -> Result<Reply, AdminError> {
+    let (Some(db), _) = pool_filter(args) else {
+        return Err(AdminError::new("42601", "KILL needs a database name"));
+    };
+    let pools = ctx.shared.pools.load_full();
+    let mut found = false;
+    for p in pools.iter().filter(|p| p.settings.db == db) {
+        p.state.set_paused(true);
+        found = true;
     }
-
-    fn help(&self) -> &'static str {
-        "db: drop all client and server connections of a database; RESUME undoes the pause"
+    if !found {
+        return Err(AdminError::new("08P01", format!("no such database: {db}")));
     }
-
-    fn run<'a>(
-        &'a self,
-        ctx: &'a Context,
-        args: &'a [String],
-    ) -> BoxFuture<'a, Result<Reply, AdminError>> {
-        Box::pin(async move {
-            let (Some(db), _) = pool_filter(args) else {
-                return Err(AdminError::new("42601", "KILL needs a database name"));
-            };
-            let pools = ctx.shared.pools.load_full();
-            let mut found = false;
-            for p in pools.iter().filter(|p| p.settings.db == db) {
-                p.state.set_paused(true);
-                found = true;
-            }
-            if !found {
-                return Err(AdminError::new("08P01", format!("no such database: {db}")));
-            }
-            let killed = ctx.shared.registry.kill_clients(Some(&db));
-            tracing::warn!(db, killed, "KILL: clients dropped");
-            reconnect(ctx, Some(&db), "KILL")?;
-            Ok(Reply::Done("KILL".into()))
-        })
-    }
+    let killed = ctx.shared.registry.kill_clients(Some(&db));
+    tracing::warn!(db, killed, "KILL: clients dropped");
+    reconnect(ctx, Some(&db), "KILL")?;
+    Ok(Reply::Done("KILL".into()))
 }

@@ -4,7 +4,7 @@
 //! come first and in its order, so existing monitoring keeps working;
 //! pgcat's own columns follow.
 //!
-//! Each command lives in its own file behind [`Command`].
+//! Each command lives in its own file as a [`Command`].
 
 mod kill;
 mod pause;
@@ -46,17 +46,13 @@ use super::{wire, Shared};
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// One admin command.
-pub trait Command: Send + Sync {
+pub struct Command {
     /// The words that name it, upper case: `["SHOW", "POOLS"]`.
-    fn words(&self) -> &'static [&'static str];
+    pub words: &'static [&'static str],
     /// Arguments and purpose, for SHOW HELP.
-    fn help(&self) -> &'static str;
+    pub help: &'static str,
     /// Runs it with the words that follow its name.
-    fn run<'a>(
-        &'a self,
-        ctx: &'a Context,
-        args: &'a [String],
-    ) -> BoxFuture<'a, Result<Reply, AdminError>>;
+    pub run: fn(&Context, &[String]) -> Result<Reply, AdminError>,
 }
 
 /// What a command answers.
@@ -64,6 +60,9 @@ pub enum Reply {
     Rows(Table),
     /// A command tag only, e.g. "RELOAD".
     Done(String),
+    /// The answer once something has happened (PAUSE: running queries
+    /// finished); [`execute`] awaits it.
+    Wait(BoxFuture<'static, Result<Reply, AdminError>>),
 }
 
 /// A command that failed: the SQLSTATE and message of its ErrorResponse.
@@ -195,31 +194,29 @@ pub fn timestamp(unix: u64) -> Option<String> {
 }
 
 /// Every command, in SHOW HELP order.
-pub fn commands() -> Vec<Box<dyn Command>> {
-    vec![
-        Box::new(show_help::ShowHelp),
-        Box::new(show_pools::ShowPools),
-        Box::new(show_stats::ShowStats),
-        Box::new(show_databases::ShowDatabases),
-        Box::new(show_servers::ShowServers),
-        Box::new(show_clients::ShowClients),
-        Box::new(show_config::ShowConfig),
-        Box::new(show_lists::ShowLists),
-        Box::new(show_users::ShowUsers),
-        Box::new(show_bans::ShowBans),
-        Box::new(show_mirrors::ShowMirrors),
-        Box::new(show_reloads::ShowReloads),
-        Box::new(show_version::ShowVersion),
-        Box::new(show_status::ShowStatus),
-        Box::new(reload::Reload),
-        Box::new(pause::Pause),
-        Box::new(resume::Resume),
-        Box::new(reconnect::Reconnect),
-        Box::new(kill::Kill),
-        Box::new(shutdown::Shutdown),
-        Box::new(set::Set),
-    ]
-}
+pub const COMMANDS: &[Command] = &[
+    show_help::COMMAND,
+    show_pools::COMMAND,
+    show_stats::COMMAND,
+    show_databases::COMMAND,
+    show_servers::COMMAND,
+    show_clients::COMMAND,
+    show_config::COMMAND,
+    show_lists::COMMAND,
+    show_users::COMMAND,
+    show_bans::COMMAND,
+    show_mirrors::COMMAND,
+    show_reloads::COMMAND,
+    show_version::COMMAND,
+    show_status::COMMAND,
+    reload::COMMAND,
+    pause::COMMAND,
+    resume::COMMAND,
+    reconnect::COMMAND,
+    kill::COMMAND,
+    shutdown::COMMAND,
+    set::COMMAND,
+];
 
 /// Splits a statement into upper-cased words; `PAUSE db,user` keeps
 /// `db,user` as one word with its case.
@@ -230,20 +227,18 @@ fn words(statement: &str) -> Vec<String> {
 /// Runs one statement.
 pub async fn execute(ctx: &Context, statement: &str) -> Result<Reply, AdminError> {
     let words = words(statement);
-    let commands = commands();
     let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
-    let best = commands
+    let best = COMMANDS
         .iter()
         .filter(|c| {
-            let name = c.words();
-            upper.len() >= name.len() && name.iter().zip(&upper).all(|(a, b)| *a == b)
+            upper.len() >= c.words.len() && c.words.iter().zip(&upper).all(|(a, b)| *a == b)
         })
-        .max_by_key(|c| c.words().len());
+        .max_by_key(|c| c.words.len());
     match best {
-        Some(c) => {
-            let args = &words[c.words().len()..];
-            c.run(ctx, args).await
-        }
+        Some(c) => match (c.run)(ctx, &words[c.words.len()..])? {
+            Reply::Wait(answer) => answer.await,
+            reply => Ok(reply),
+        },
         None => Err(AdminError::new(
             "42601",
             format!("invalid command '{statement}', use SHOW HELP;"),
@@ -363,6 +358,7 @@ pub async fn serve(
                             messages::put_cstr(&mut out, tag.as_bytes());
                             messages::finish(&mut out, at);
                         }
+                        Ok(Reply::Wait(_)) => unreachable!("execute awaits the answer"),
                         Err(e) => {
                             messages::error_response(&mut out, Severity::Error, e.code, &e.message);
                             break;
@@ -452,8 +448,7 @@ mod tests {
 
     #[test]
     fn every_command_has_a_distinct_name() {
-        let cmds = commands();
-        let mut names: Vec<String> = cmds.iter().map(|c| c.words().join(" ")).collect();
+        let mut names: Vec<String> = COMMANDS.iter().map(|c| c.words.join(" ")).collect();
         names.sort();
         let before = names.len();
         names.dedup();

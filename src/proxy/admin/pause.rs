@@ -4,53 +4,44 @@
 
 use std::time::{Duration, Instant};
 
-use super::{matching_pools, AdminError, BoxFuture, Command, Context, Reply};
+use super::{matching_pools, AdminError, Command, Context, Reply};
 
-pub struct Pause;
+pub const COMMAND: Command = Command {
+    words: &["PAUSE"],
+    help: "[db[,user]]: hold new queries and wait for running ones to finish",
+    run,
+};
 
-impl Command for Pause {
-    fn words(&self) -> &'static [&'static str] {
-        &["PAUSE"]
+fn run(ctx: &Context, args: &[String]) -> Result<Reply, AdminError> {
+    let pools = matching_pools(ctx, args)?;
+    for p in &pools {
+        p.state.set_paused(true);
     }
-
-    fn help(&self) -> &'static str {
-        "[db[,user]]: hold new queries and wait for running ones to finish"
-    }
-
-    fn run<'a>(
-        &'a self,
-        ctx: &'a Context,
-        args: &'a [String],
-    ) -> BoxFuture<'a, Result<Reply, AdminError>> {
-        Box::pin(async move {
-            let pools = matching_pools(ctx, args)?;
-            for p in &pools {
-                p.state.set_paused(true);
+    let limit = Duration::from_millis(ctx.shared.config.load().general.shutdown_timeout);
+    // Answered once the running queries are done.
+    Ok(Reply::Wait(Box::pin(async move {
+        let started = Instant::now();
+        loop {
+            let busy: i64 = pools
+                .iter()
+                .map(|p| {
+                    p.state
+                        .stats
+                        .clients_active
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                })
+                .sum();
+            if busy <= 0 {
+                break;
             }
-            let limit = Duration::from_millis(ctx.shared.config.load().general.shutdown_timeout);
-            let started = Instant::now();
-            loop {
-                let busy: i64 = pools
-                    .iter()
-                    .map(|p| {
-                        p.state
-                            .stats
-                            .clients_active
-                            .load(std::sync::atomic::Ordering::Relaxed)
-                    })
-                    .sum();
-                if busy <= 0 {
-                    break;
-                }
-                if started.elapsed() > limit {
-                    return Err(AdminError::new(
-                        "57014",
-                        format!("paused, but {busy} client(s) still hold a server connection"),
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            if started.elapsed() > limit {
+                return Err(AdminError::new(
+                    "57014",
+                    format!("paused, but {busy} client(s) still hold a server connection"),
+                ));
             }
-            Ok(Reply::Done("PAUSE".into()))
-        })
-    }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Reply::Done("PAUSE".into()))
+    })))
 }

@@ -4,9 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::{pool_filter, AdminError, BoxFuture, Command, Context, Reply};
-
-pub struct Reconnect;
+use super::{pool_filter, AdminError, Command, Context, Reply};
 
 /// Rebuilds the given databases' pools with the running config.
 pub fn reconnect(ctx: &Context, db: Option<&str>, trigger: &str) -> Result<(), AdminError> {
@@ -24,24 +22,14 @@ pub fn reconnect(ctx: &Context, db: Option<&str>, trigger: &str) -> Result<(), A
     Ok(())
 }
 
-impl Command for Reconnect {
-    fn words(&self) -> &'static [&'static str] {
-        &["RECONNECT"]
-    }
+pub const COMMAND: Command = Command {
+    words: &["RECONNECT"],
+    help: "[db]: replace the server connections of a database's pools",
+    run,
+};
 
-    fn help(&self) -> &'static str {
-        "[db]: replace the server connections of a database's pools"
-    }
-
-    fn run<'a>(
-        &'a self,
-        ctx: &'a Context,
-        args: &'a [String],
-    ) -> BoxFuture<'a, Result<Reply, AdminError>> {
-        Box::pin(async move {
-            let (db, _) = pool_filter(args);
-            reconnect(ctx, db.as_deref(), "RECONNECT")?;
-            Ok(Reply::Done("RECONNECT".into()))
-        })
-    }
+fn run(ctx: &Context, args: &[String]) -> Result<Reply, AdminError> {
+    let (db, _) = pool_filter(args);
+    reconnect(ctx, db.as_deref(), "RECONNECT")?;
+    Ok(Reply::Done("RECONNECT".into()))
 }

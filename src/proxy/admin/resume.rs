@@ -1,28 +1,16 @@
 //! RESUME [db[,user]]: release queries held by PAUSE or KILL.
 
-use super::{matching_pools, AdminError, BoxFuture, Command, Context, Reply};
+use super::{matching_pools, AdminError, Command, Context, Reply};
 
-pub struct Resume;
+pub const COMMAND: Command = Command {
+    words: &["RESUME"],
+    help: "[db[,user]]: let held queries run",
+    run,
+};
 
-impl Command for Resume {
-    fn words(&self) -> &'static [&'static str] {
-        &["RESUME"]
+fn run(ctx: &Context, args: &[String]) -> Result<Reply, AdminError> {
+    for p in matching_pools(ctx, args)? {
+        p.state.set_paused(false);
     }
-
-    fn help(&self) -> &'static str {
-        "[db[,user]]: let held queries run"
-    }
-
-    fn run<'a>(
-        &'a self,
-        ctx: &'a Context,
-        args: &'a [String],
-    ) -> BoxFuture<'a, Result<Reply, AdminError>> {
-        Box::pin(async move {
-            for p in matching_pools(ctx, args)? {
-                p.state.set_paused(false);
-            }
-            Ok(Reply::Done("RESUME".into()))
-        })
-    }
+    Ok(Reply::Done("RESUME".into()))
 }

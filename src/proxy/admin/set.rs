@@ -1,24 +1,14 @@
 //! SET: accepted and ignored, because psql and drivers send it on
 //! connect.
 
-use super::{AdminError, BoxFuture, Command, Context, Reply};
+use super::{AdminError, Command, Context, Reply};
 
-pub struct Set;
+pub const COMMAND: Command = Command {
+    words: &["SET"],
+    help: "accepted and ignored",
+    run,
+};
 
-impl Command for Set {
-    fn words(&self) -> &'static [&'static str] {
-        &["SET"]
-    }
-
-    fn help(&self) -> &'static str {
-        "accepted and ignored"
-    }
-
-    fn run<'a>(
-        &'a self,
-        _ctx: &'a Context,
-        _args: &'a [String],
-    ) -> BoxFuture<'a, Result<Reply, AdminError>> {
-        Box::pin(async move { Ok(Reply::Done("SET".into())) })
-    }
+fn run(_ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
+    Ok(Reply::Done("SET".into()))
 }

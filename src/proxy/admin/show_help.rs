@@ -1,29 +1,17 @@
 //! SHOW HELP: every command with a line about it.
 
-use super::{commands, text, AdminError, BoxFuture, Command, Context, Kind, Reply, Table};
+use super::{text, AdminError, Command, Context, Kind, Reply, Table, COMMANDS};
 
-pub struct ShowHelp;
+pub const COMMAND: Command = Command {
+    words: &["SHOW", "HELP"],
+    help: "this list",
+    run,
+};
 
-impl Command for ShowHelp {
-    fn words(&self) -> &'static [&'static str] {
-        &["SHOW", "HELP"]
+fn run(_ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
+    let mut t = Table::new(&[("command", Kind::Text), ("description", Kind::Text)]);
+    for c in COMMANDS {
+        t.row(vec![text(c.words.join(" ")), text(c.help)]);
     }
-
-    fn help(&self) -> &'static str {
-        "this list"
-    }
-
-    fn run<'a>(
-        &'a self,
-        _ctx: &'a Context,
-        _args: &'a [String],
-    ) -> BoxFuture<'a, Result<Reply, AdminError>> {
-        Box::pin(async move {
-            let mut t = Table::new(&[("command", Kind::Text), ("description", Kind::Text)]);
-            for c in commands() {
-                t.row(vec![text(c.words().join(" ")), text(c.help())]);
-            }
-            Ok(Reply::Rows(t))
-        })
-    }
+    Ok(Reply::Rows(t))
 }

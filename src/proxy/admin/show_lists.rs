@@ -3,46 +3,34 @@
 
 use std::collections::HashSet;
 
-use super::{int, text, AdminError, BoxFuture, Command, Context, Kind, Reply, Table};
+use super::{int, text, AdminError, Command, Context, Kind, Reply, Table};
 
-pub struct ShowLists;
+pub const COMMAND: Command = Command {
+    words: &["SHOW", "LISTS"],
+    help: "counts of databases, users, pools, clients and servers",
+    run,
+};
 
-impl Command for ShowLists {
-    fn words(&self) -> &'static [&'static str] {
-        &["SHOW", "LISTS"]
+fn run(ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
+    let snap = ctx.snapshot();
+    let databases: HashSet<&str> = snap.pools.iter().map(|p| p.db.as_str()).collect();
+    let users: HashSet<&str> = snap.pools.iter().map(|p| p.user.as_str()).collect();
+    let mut t = Table::new(&[("list", Kind::Text), ("items", Kind::Int)]);
+    for (name, n) in [
+        ("databases", databases.len()),
+        ("users", users.len()),
+        ("pools", snap.pools.len()),
+        ("free_clients", 0),
+        ("used_clients", snap.clients.len()),
+        ("login_clients", 0),
+        ("free_servers", 0),
+        ("used_servers", snap.servers.len()),
+        ("dns_names", 0),
+        ("dns_zones", 0),
+        ("dns_queries", 0),
+        ("dns_pending", 0),
+    ] {
+        t.row(vec![text(name), int(n as u64)]);
     }
-
-    fn help(&self) -> &'static str {
-        "counts of databases, users, pools, clients and servers"
-    }
-
-    fn run<'a>(
-        &'a self,
-        ctx: &'a Context,
-        _args: &'a [String],
-    ) -> BoxFuture<'a, Result<Reply, AdminError>> {
-        Box::pin(async move {
-            let snap = ctx.snapshot();
-            let databases: HashSet<&str> = snap.pools.iter().map(|p| p.db.as_str()).collect();
-            let users: HashSet<&str> = snap.pools.iter().map(|p| p.user.as_str()).collect();
-            let mut t = Table::new(&[("list", Kind::Text), ("items", Kind::Int)]);
-            for (name, n) in [
-                ("databases", databases.len()),
-                ("users", users.len()),
-                ("pools", snap.pools.len()),
-                ("free_clients", 0),
-                ("used_clients", snap.clients.len()),
-                ("login_clients", 0),
-                ("free_servers", 0),
-                ("used_servers", snap.servers.len()),
-                ("dns_names", 0),
-                ("dns_zones", 0),
-                ("dns_queries", 0),
-                ("dns_pending", 0),
-            ] {
-                t.row(vec![text(name), int(n as u64)]);
-            }
-            Ok(Reply::Rows(t))
-        })
-    }
+    Ok(Reply::Rows(t))
 }

@@ -2,10 +2,8 @@
 //! the pool's user and the socket's keepalive settings and health as the
 //! kernel reports them.
 
-use super::{int, text, timestamp, AdminError, BoxFuture, Command, Context, Kind, Reply, Table};
+use super::{int, text, timestamp, AdminError, Command, Context, Kind, Reply, Table};
 use crate::proxy::net::SocketInfo;
-
-pub struct ShowServers;
 
 /// Columns shared by SHOW SERVERS and SHOW CLIENTS.
 pub const COLUMNS: &[(&str, Kind)] = &[
@@ -60,49 +58,39 @@ pub fn socket_columns(s: Option<&SocketInfo>) -> Vec<Option<String>> {
     }
 }
 
-impl Command for ShowServers {
-    fn words(&self) -> &'static [&'static str] {
-        &["SHOW", "SERVERS"]
-    }
+pub const COMMAND: Command = Command {
+    words: &["SHOW", "SERVERS"],
+    help: "server connections, with keepalive settings and TCP health",
+    run,
+};
 
-    fn help(&self) -> &'static str {
-        "server connections, with keepalive settings and TCP health"
+fn run(ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
+    let mut t = Table::new(COLUMNS);
+    for s in ctx.snapshot().servers {
+        let mut row = vec![
+            text("S"),
+            text(&s.user),
+            text(&s.db),
+            text("no"),
+            text(s.state),
+            text(&s.host),
+            int(s.port),
+            text(&s.local_addr),
+            int(s.local_port),
+            timestamp(s.connect_time_unix),
+            timestamp(s.request_time_unix),
+            int(0),
+            int(0),
+            int(0),
+            text(format!("{:x}", s.id)),
+            (s.client_id > 0).then(|| format!("{:x}", s.client_id)),
+            int(s.remote_pid),
+            None,
+            text(&s.application_name),
+            int(s.id),
+        ];
+        row.extend(socket_columns(s.socket.as_ref()));
+        t.row(row);
     }
-
-    fn run<'a>(
-        &'a self,
-        ctx: &'a Context,
-        _args: &'a [String],
-    ) -> BoxFuture<'a, Result<Reply, AdminError>> {
-        Box::pin(async move {
-            let mut t = Table::new(COLUMNS);
-            for s in ctx.snapshot().servers {
-                let mut row = vec![
-                    text("S"),
-                    text(&s.user),
-                    text(&s.db),
-                    text("no"),
-                    text(s.state),
-                    text(&s.host),
-                    int(s.port),
-                    text(&s.local_addr),
-                    int(s.local_port),
-                    timestamp(s.connect_time_unix),
-                    timestamp(s.request_time_unix),
-                    int(0),
-                    int(0),
-                    int(0),
-                    text(format!("{:x}", s.id)),
-                    (s.client_id > 0).then(|| format!("{:x}", s.client_id)),
-                    int(s.remote_pid),
-                    None,
-                    text(&s.application_name),
-                    int(s.id),
-                ];
-                row.extend(socket_columns(s.socket.as_ref()));
-                t.row(row);
-            }
-            Ok(Reply::Rows(t))
-        })
-    }
+    Ok(Reply::Rows(t))
 }

@@ -2,90 +2,78 @@
 //! per second for counts and bytes, per transaction or query for times
 //! (microseconds), over the last stats period.
 
-use super::{int, text, AdminError, BoxFuture, Command, Context, Kind, Reply, Table};
+use super::{int, text, AdminError, Command, Context, Kind, Reply, Table};
 
-pub struct ShowStats;
+pub const COMMAND: Command = Command {
+    words: &["SHOW", "STATS"],
+    help: "transactions, queries, bytes and times per pool",
+    run,
+};
 
-impl Command for ShowStats {
-    fn words(&self) -> &'static [&'static str] {
-        &["SHOW", "STATS"]
+fn run(ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
+    use Kind::*;
+    let mut t = Table::new(&[
+        ("database", Text),
+        ("total_xact_count", Int),
+        ("total_query_count", Int),
+        ("total_server_assignment_count", Int),
+        ("total_received", Int),
+        ("total_sent", Int),
+        ("total_xact_time", Int),
+        ("total_query_time", Int),
+        ("total_wait_time", Int),
+        ("total_client_parse_count", Int),
+        ("total_server_parse_count", Int),
+        ("total_bind_count", Int),
+        ("total_client_login_count", Int),
+        ("avg_xact_count", Int),
+        ("avg_query_count", Int),
+        ("avg_server_assignment_count", Int),
+        ("avg_recv", Int),
+        ("avg_sent", Int),
+        ("avg_xact_time", Int),
+        ("avg_query_time", Int),
+        ("avg_wait_time", Int),
+        ("avg_client_parse_count", Int),
+        ("avg_server_parse_count", Int),
+        ("avg_bind_count", Int),
+        ("avg_client_login_count", Int),
+        ("user", Text),
+        ("total_errors", Int),
+    ]);
+    for p in ctx.snapshot().pools {
+        let s = p.totals;
+        let a = p.averages;
+        let r = |f: f64| int(f.round() as i64);
+        t.row(vec![
+            text(&p.db),
+            int(s.xact_count),
+            int(s.query_count),
+            int(s.server_assignment_count),
+            int(s.received),
+            int(s.sent),
+            int(s.xact_time_us),
+            int(s.query_time_us),
+            int(s.wait_time_us),
+            int(s.client_parse_count),
+            int(s.server_parse_count),
+            int(s.bind_count),
+            int(s.client_login_count),
+            r(a.xact_count),
+            r(a.query_count),
+            r(a.server_assignment_count),
+            r(a.received),
+            r(a.sent),
+            r(a.xact_time_us),
+            r(a.query_time_us),
+            r(a.wait_time_us),
+            r(a.client_parse_count),
+            r(a.server_parse_count),
+            r(a.bind_count),
+            r(a.client_login_count),
+            text(&p.user),
+            int(s.errors),
+        ]);
     }
-
-    fn help(&self) -> &'static str {
-        "transactions, queries, bytes and times per pool"
-    }
-
-    fn run<'a>(
-        &'a self,
-        ctx: &'a Context,
-        _args: &'a [String],
-    ) -> BoxFuture<'a, Result<Reply, AdminError>> {
-        Box::pin(async move {
-            use Kind::*;
-            let mut t = Table::new(&[
-                ("database", Text),
-                ("total_xact_count", Int),
-                ("total_query_count", Int),
-                ("total_server_assignment_count", Int),
-                ("total_received", Int),
-                ("total_sent", Int),
-                ("total_xact_time", Int),
-                ("total_query_time", Int),
-                ("total_wait_time", Int),
-                ("total_client_parse_count", Int),
-                ("total_server_parse_count", Int),
-                ("total_bind_count", Int),
-                ("total_client_login_count", Int),
-                ("avg_xact_count", Int),
-                ("avg_query_count", Int),
-                ("avg_server_assignment_count", Int),
-                ("avg_recv", Int),
-                ("avg_sent", Int),
-                ("avg_xact_time", Int),
-                ("avg_query_time", Int),
-                ("avg_wait_time", Int),
-                ("avg_client_parse_count", Int),
-                ("avg_server_parse_count", Int),
-                ("avg_bind_count", Int),
-                ("avg_client_login_count", Int),
-                ("user", Text),
-                ("total_errors", Int),
-            ]);
-            for p in ctx.snapshot().pools {
-                let s = p.totals;
-                let a = p.averages;
-                let r = |f: f64| int(f.round() as i64);
-                t.row(vec![
-                    text(&p.db),
-                    int(s.xact_count),
-                    int(s.query_count),
-                    int(s.server_assignment_count),
-                    int(s.received),
-                    int(s.sent),
-                    int(s.xact_time_us),
-                    int(s.query_time_us),
-                    int(s.wait_time_us),
-                    int(s.client_parse_count),
-                    int(s.server_parse_count),
-                    int(s.bind_count),
-                    int(s.client_login_count),
-                    r(a.xact_count),
-                    r(a.query_count),
-                    r(a.server_assignment_count),
-                    r(a.received),
-                    r(a.sent),
-                    r(a.xact_time_us),
-                    r(a.query_time_us),
-                    r(a.wait_time_us),
-                    r(a.client_parse_count),
-                    r(a.server_parse_count),
-                    r(a.bind_count),
-                    r(a.client_login_count),
-                    text(&p.user),
-                    int(s.errors),
-                ]);
-            }
-            Ok(Reply::Rows(t))
-        })
-    }
+    Ok(Reply::Rows(t))
 }

@@ -1,27 +1,15 @@
 //! SHOW VERSION.
 
-use super::{text, AdminError, BoxFuture, Command, Context, Kind, Reply, Table};
+use super::{text, AdminError, Command, Context, Kind, Reply, Table};
 
-pub struct ShowVersion;
+pub const COMMAND: Command = Command {
+    words: &["SHOW", "VERSION"],
+    help: "pgcat's version",
+    run,
+};
 
-impl Command for ShowVersion {
-    fn words(&self) -> &'static [&'static str] {
-        &["SHOW", "VERSION"]
-    }
-
-    fn help(&self) -> &'static str {
-        "pgcat's version"
-    }
-
-    fn run<'a>(
-        &'a self,
-        _ctx: &'a Context,
-        _args: &'a [String],
-    ) -> BoxFuture<'a, Result<Reply, AdminError>> {
-        Box::pin(async move {
-            let mut t = Table::new(&[("version", Kind::Text)]);
-            t.row(vec![text(concat!("pgcat ", env!("CARGO_PKG_VERSION")))]);
-            Ok(Reply::Rows(t))
-        })
-    }
+fn run(_ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
+    let mut t = Table::new(&[("version", Kind::Text)]);
+    t.row(vec![text(concat!("pgcat ", env!("CARGO_PKG_VERSION")))]);
+    Ok(Reply::Rows(t))
 }

@@ -1,26 +1,14 @@
 //! SHUTDOWN: the same graceful shutdown as SIGINT/SIGTERM.
 
-use super::{AdminError, BoxFuture, Command, Context, Reply};
+use super::{AdminError, Command, Context, Reply};
 
-pub struct Shutdown;
+pub const COMMAND: Command = Command {
+    words: &["SHUTDOWN"],
+    help: "stop accepting clients, let transactions finish, exit",
+    run,
+};
 
-impl Command for Shutdown {
-    fn words(&self) -> &'static [&'static str] {
-        &["SHUTDOWN"]
-    }
-
-    fn help(&self) -> &'static str {
-        "stop accepting clients, let transactions finish, exit"
-    }
-
-    fn run<'a>(
-        &'a self,
-        ctx: &'a Context,
-        _args: &'a [String],
-    ) -> BoxFuture<'a, Result<Reply, AdminError>> {
-        Box::pin(async move {
-            ctx.shared.request_shutdown();
-            Ok(Reply::Done("SHUTDOWN".into()))
-        })
-    }
+fn run(ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
+    ctx.shared.request_shutdown();
+    Ok(Reply::Done("SHUTDOWN".into()))
 }
