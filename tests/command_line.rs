@@ -101,19 +101,12 @@ fn serves_queries_and_exits_cleanly_on_sigint_and_sigterm() {
             .stderr(Stdio::piped());
         let mut child = spawn_tied(cmd).unwrap();
         // Wait until it accepts connections.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "pgcat did not start listening");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(port, "pgcat");
         let out = run_tool(
             {
                 let mut c = Command::new("psql");
                 c.args(["-X", "-A", "-t", "-c", "SELECT 'through ' || current_user"])
-                    .arg(format!(
-                        "host=127.0.0.1 port={port} user={} password={} dbname={}",
-                        db.user, db.password, db.name
-                    ));
+                    .arg(proxy_conn_str(port, &db));
                 c
             },
             Duration::from_secs(20),
@@ -167,11 +160,7 @@ fn start_binary(path: &std::path::Path, port: u16) -> std::process::Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let child = spawn_tied(cmd).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "pgcat did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening(port, "pgcat");
     child
 }
 
@@ -254,10 +243,7 @@ async fn sigint_lets_the_open_transaction_commit_refuses_new_clients_then_exits(
         config_text("", &[PoolSpec::new(&db)]).replace("port = 0", &format!("port = {port}"));
     let file = ConfigFile::new(&text);
     let mut child = start_binary(&file.path, port);
-    let conn = format!(
-        "host=127.0.0.1 port={port} user={} password={} dbname={}",
-        db.user, db.password, db.name
-    );
+    let conn = proxy_conn_str(port, &db);
     let client = connect(&conn).await;
     client
         .batch_execute("CREATE TABLE done (v int)")
@@ -306,11 +292,7 @@ async fn a_second_sigterm_exits_at_once() {
         config_text("", &[PoolSpec::new(&db)]).replace("port = 0", &format!("port = {port}"));
     let file = ConfigFile::new(&text);
     let mut child = start_binary(&file.path, port);
-    let client = connect(&format!(
-        "host=127.0.0.1 port={port} user={} password={} dbname={}",
-        db.user, db.password, db.name
-    ))
-    .await;
+    let client = connect(&proxy_conn_str(port, &db)).await;
     client.batch_execute("BEGIN").await.unwrap();
     signal(&child, libc::SIGTERM);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -325,11 +307,10 @@ async fn a_second_sigterm_exits_at_once() {
     assert!(status.success());
     assert!(client.simple_query("SELECT 1").await.is_err());
     // The abandoned transaction's backend is gone too.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pg.backends(&db.name, &db.user) > 0 {
-        assert!(Instant::now() < deadline, "backend left behind");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(5), "abandoned backend gone", || {
+        pg.backends(&db.name, &db.user) == 0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,11 +333,7 @@ async fn daemon_mode_writes_pid_and_log_files() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = spawn_tied(cmd).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "pgcat did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening(port, "pgcat");
     let pid: u32 = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()

@@ -113,11 +113,7 @@ async fn tui_shows_pools_hashes_mirror_lag_and_keepalives_then_reloads_and_quits
     })
     .await;
     // Traffic, so the mirror has lag to show.
-    let client = connect(&format!(
-        "host=127.0.0.1 port={port} user={} password={} dbname={}",
-        db.user, db.password, db.name
-    ))
-    .await;
+    let client = connect(&proxy_conn_str(port, &db)).await;
     for _ in 0..50 {
         client.simple_query("SELECT 1").await.unwrap();
     }
@@ -190,11 +186,7 @@ async fn top_shows_a_headless_pgcat() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut headless = spawn_tied(cmd).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "headless pgcat did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening(port, "headless pgcat");
     let admin = connect(&admin_conn_str(port)).await;
     let hash = pool_row(&admin, &db.name).await["config_hash"]
         .clone()

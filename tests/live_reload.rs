@@ -49,17 +49,9 @@ fn hammer(
 /// and user over `window`.
 async fn max_backends(pg: &'static PgCluster, db: &TestDb, window: Duration) -> usize {
     let db = db.clone();
-    tokio::task::spawn_blocking(move || {
-        let until = Instant::now() + window;
-        let mut max = 0;
-        while Instant::now() < until {
-            max = max.max(pg.backends(&db.name, &db.user));
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        max
-    })
-    .await
-    .unwrap()
+    let watch = MaxWatch::start(move || pg.backends(&db.name, &db.user));
+    tokio::time::sleep(window).await;
+    watch.finish().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,14 +213,12 @@ async fn unchanged_pool_keeps_its_server_connections() {
     );
     assert_ne!(changed_pid, changed_after, "the changed pool was rebuilt");
     // The replaced pool's connection is gone.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pg.backends(&changed.name, &changed.user) > 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the old pool's connection stayed open"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "the old pool's connection closed",
+        || pg.backends(&changed.name, &changed.user) <= 1,
+    )
+    .await;
     proxy.stop().await;
 }
 

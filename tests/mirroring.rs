@@ -34,12 +34,24 @@ async fn mirror_row(
         .unwrap_or_else(|| panic!("no SHOW MIRRORS row for {db} -> :{mirror_port}"))
 }
 
-/// Waits until `f` holds, for at most `limit`.
-async fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// Sends `SELECT 1 + 2` through `client` until the mirror has run it
+/// more than `before` times, for at most `limit`.
+async fn send_until_mirrored(
+    client: &tokio_postgres::Client,
+    mirror: &PgCluster,
+    db: &str,
+    before: i64,
+    limit: Duration,
+    what: &str,
+) {
+    let started = Instant::now();
+    loop {
+        client.simple_query("SELECT 1 + 2").await.unwrap();
+        if mirror.statement_calls(db, "SELECT $1 + $2") > before {
+            break;
+        }
+        assert!(started.elapsed() < limit, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -253,19 +265,16 @@ async fn mirroring_resumes_after_the_mirror_restarts() {
     })
     .await
     .unwrap();
-    let started = Instant::now();
     let before = mirror.statement_calls(&db.name, "SELECT $1 + $2");
-    loop {
-        client.simple_query("SELECT 1 + 2").await.unwrap();
-        if mirror.statement_calls(&db.name, "SELECT $1 + $2") > before {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "mirroring did not resume within 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    send_until_mirrored(
+        &client,
+        &mirror,
+        &db.name,
+        before,
+        Duration::from_secs(5),
+        "mirroring did not resume",
+    )
+    .await;
     proxy.stop().await;
 }
 
@@ -309,19 +318,10 @@ async fn reloads_keep_mirror_connections_within_the_pool_size() {
             })
         })
         .collect();
-    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let watcher = {
+    let watch = {
         let mirror = mirror.clone();
         let db = db.clone();
-        let watching = watching.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut max = 0;
-            while watching.load(std::sync::atomic::Ordering::Relaxed) {
-                max = max.max(mirror.backends(&db.name, &db.user));
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            max
-        })
+        MaxWatch::start(move || mirror.backends(&db.name, &db.user))
     };
     tokio::time::sleep(Duration::from_millis(800)).await;
     for i in 1..=5u32 {
@@ -333,24 +333,34 @@ async fn reloads_keep_mirror_connections_within_the_pool_size() {
     file.write(&text(0, false));
     proxy.handle.reload().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    watching.store(false, std::sync::atomic::Ordering::Relaxed);
-    let max = watcher.await.unwrap();
+    let max = watch.finish().await;
     assert!(max >= 1, "the mirror was used");
     assert!(max <= 3, "the mirror saw {max} connections for a pool of 3");
     // Mirrors removed: none of their connections is left.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while mirror.backends(&db.name, &db.user) > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "mirror connections outlived the config"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "mirror connections gone with the config",
+        || mirror.backends(&db.name, &db.user) == 0,
+    )
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in workers {
         assert!(w.await.unwrap() > 10);
     }
     proxy.stop().await;
+}
+
+/// Runs 500 lookups in table `t` on one connection; returns the time
+/// taken.
+async fn lookups_in_t(client: &tokio_postgres::Client) -> Duration {
+    let started = Instant::now();
+    for i in 0..500 {
+        client
+            .simple_query(&format!("SELECT count(*) FROM t WHERE v = {i}"))
+            .await
+            .unwrap();
+    }
+    started.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,24 +403,10 @@ async fn a_slow_mirror_drops_transactions_instead_of_slowing_the_primary() {
 
     let a = plain.connect(&db).await;
     let b = mirrored.connect(&db).await;
-    let run = |c: tokio_postgres::Client| async move {
-        let started = Instant::now();
-        for i in 0..500 {
-            c.simple_query(&format!("SELECT count(*) FROM t WHERE v = {i}"))
-                .await
-                .unwrap();
-        }
-        (started.elapsed(), c)
-    };
     let (mut base, mut with) = (Duration::MAX, Duration::MAX);
-    let (mut a, mut b) = (a, b);
     for _ in 0..3 {
-        let (t, c) = run(a).await;
-        base = base.min(t);
-        a = c;
-        let (t, c) = run(b).await;
-        with = with.min(t);
-        b = c;
+        base = base.min(lookups_in_t(&a).await);
+        with = with.min(lookups_in_t(&b).await);
     }
     assert!(
         with.as_secs_f64() <= base.as_secs_f64() * 1.2 + 0.02,
@@ -429,18 +425,15 @@ async fn a_slow_mirror_drops_transactions_instead_of_slowing_the_primary() {
     // takes new transactions again (the one in flight when the drop
     // ended is skipped to its boundary, so keep sending).
     locker.batch_execute("ROLLBACK").await.unwrap();
-    let started = Instant::now();
-    loop {
-        b.simple_query("SELECT 1 + 2").await.unwrap();
-        if mirror.statement_calls(&db.name, "SELECT $1 + $2") >= 1 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the mirror never caught up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    send_until_mirrored(
+        &b,
+        &mirror,
+        &db.name,
+        0,
+        Duration::from_secs(10),
+        "the mirror never caught up",
+    )
+    .await;
     plain.stop().await;
     mirrored.stop().await;
 }

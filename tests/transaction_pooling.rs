@@ -290,16 +290,7 @@ async fn two_hundred_clients_share_a_pool_of_five() {
     let proxy = TestProxy::start(&text).await;
     let conn_str = proxy.conn_str(&db);
     let watcher_db = db.clone();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop_watch = stop.clone();
-    let watcher = std::thread::spawn(move || {
-        let mut max = 0;
-        while !stop_watch.load(std::sync::atomic::Ordering::Relaxed) {
-            max = max.max(pg.backends(&watcher_db.name, &watcher_db.user));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        max
-    });
+    let watch = MaxWatch::start(move || pg.backends(&watcher_db.name, &watcher_db.user));
     let tasks = (0..200i32).map(|i| {
         let conn_str = conn_str.clone();
         tokio::spawn(async move {
@@ -326,8 +317,7 @@ async fn two_hundred_clients_share_a_pool_of_five() {
     for r in join_all(tasks).await {
         r.unwrap();
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let max = watcher.join().unwrap();
+    let max = watch.finish().await;
     assert!(max <= 5, "PostgreSQL saw {max} connections for a pool of 5");
     assert!(max >= 1);
     proxy.stop().await;
@@ -481,11 +471,10 @@ async fn idle_timeout_and_server_lifetime_retire_idle_connections() {
     assert_eq!(pid_before, pid_in_tx);
     client.batch_execute("COMMIT").await.unwrap();
     // Idle in the pool beyond idle_timeout: closed.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pg.backends(&db.name, &db.user) > 0 {
-        assert!(Instant::now() < deadline, "idle connection was not closed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(10), "idle connection closed", || {
+        pg.backends(&db.name, &db.user) == 0
+    })
+    .await;
     let pid_after: i32 = client
         .query_one("SELECT pg_backend_pid()", &[])
         .await

@@ -253,6 +253,77 @@ shared_preload_libraries = 'pg_stat_statements'
     })
 }
 
+/// A fresh copy of the template data directory: its path and name.
+fn copy_template(prefix: &str) -> (PathBuf, String) {
+    let name = unique(prefix);
+    let dir = base_dir().join(&name);
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(template())
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    (dir, name)
+}
+
+/// Spawns postgres on `dir` and `port`, logging to `log`, inside network
+/// namespace `netns` (listening on its address) or on 127.0.0.1; returns
+/// the child and the address it listens on.
+fn spawn_postgres<'a>(
+    dir: &Path,
+    port: u16,
+    log: fs::File,
+    netns: Option<(&str, &'a str)>,
+    owner: Option<(u32, u32)>,
+) -> (Child, &'a str) {
+    let mut cmd = Command::new(pg_bindir().join("postgres"));
+    cmd.arg("-D")
+        .arg(dir)
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-k")
+        .arg(dir.join("sock"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let host = match netns {
+        Some((ns, addr)) => {
+            cmd.arg("-c").arg(format!("listen_addresses={addr}"));
+            enter_netns(&mut cmd, ns, owner);
+            addr
+        }
+        None => {
+            if let Some((uid, gid)) = owner {
+                cmd.uid(uid).gid(gid);
+            }
+            "127.0.0.1"
+        }
+    };
+    (spawn_tied(cmd).expect("spawn postgres"), host)
+}
+
+/// Waits up to 30 s for pg_isready; false when postgres exited or the
+/// time ran out.
+fn wait_ready(child: &mut Child, host: &str, port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        let ready = Command::new(pg_bindir().join("pg_isready"))
+            .args(["-q", "-h", host, "-p", &port.to_string(), "-U", SUPERUSER])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ready {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 /// A running PostgreSQL.
 pub struct PgCluster {
     /// Where PostgreSQL listens: 127.0.0.1, or the namespace's address.
@@ -266,16 +337,7 @@ pub struct PgCluster {
 impl PgCluster {
     /// A private cluster, stopped when dropped.
     pub fn new() -> PgCluster {
-        let template = template();
-        let name = unique("cluster");
-        let dir = base_dir().join(&name);
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(template)
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let (dir, name) = copy_template("cluster");
         Self::start_from(&dir, &name)
     }
 
@@ -297,7 +359,6 @@ impl PgCluster {
     /// Starts PostgreSQL on `dir`, inside network namespace `netns` (then
     /// listening on the given address) or on 127.0.0.1.
     fn start_in(dir: &Path, name: &str, netns: Option<(&str, &str)>) -> PgCluster {
-        let bindir = pg_bindir();
         let owner = pg_owner();
         let socket_dir = dir.join("sock");
         fs::create_dir_all(&socket_dir).unwrap();
@@ -312,56 +373,17 @@ impl PgCluster {
                     libc::fchown(log.as_raw_fd(), uid, gid);
                 }
             }
-            let mut cmd = Command::new(bindir.join("postgres"));
-            cmd.arg("-D")
-                .arg(dir)
-                .arg("-p")
-                .arg(port.to_string())
-                .arg("-k")
-                .arg(&socket_dir)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log);
-            let host = match netns {
-                Some((ns, addr)) => {
-                    cmd.arg("-c").arg(format!("listen_addresses={addr}"));
-                    enter_netns(&mut cmd, ns, owner);
-                    addr
-                }
-                None => {
-                    if let Some((uid, gid)) = owner {
-                        cmd.uid(uid).gid(gid);
-                    }
-                    "127.0.0.1"
-                }
-            };
-            let mut child = spawn_tied(cmd).expect("spawn postgres");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                let ready = Command::new(bindir.join("pg_isready"))
-                    .args(["-q", "-h", host, "-p", &port.to_string(), "-U", SUPERUSER])
-                    .status()
-                    .map(|s| s.success())
-                    .unwrap_or(false);
-                if ready {
-                    return PgCluster {
-                        host: host.to_string(),
-                        port,
-                        dir: dir.to_path_buf(),
-                        child: Some(child),
-                        socket_dir,
-                    };
-                }
-                if Instant::now() > deadline {
-                    stop_child(&mut child, Duration::from_secs(5));
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            let (mut child, host) = spawn_postgres(dir, port, log, netns, owner);
+            if wait_ready(&mut child, host, port) {
+                return PgCluster {
+                    host: host.to_string(),
+                    port,
+                    dir: dir.to_path_buf(),
+                    child: Some(child),
+                    socket_dir,
+                };
             }
-            let _ = child.wait();
+            stop_child(&mut child, Duration::from_secs(5));
             eprintln!(
                 "postgres {name} did not start on port {port} (attempt {attempt}): {}",
                 fs::read_to_string(dir.join("server.log")).unwrap_or_default()
@@ -379,16 +401,7 @@ impl PgCluster {
     /// A private cluster in a fresh network namespace, reachable from the
     /// host only through a veth pair; see [`Netns`].
     pub fn in_netns(netns: &Netns) -> PgCluster {
-        let template = template();
-        let name = unique("nscluster");
-        let dir = base_dir().join(&name);
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(template)
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let (dir, name) = copy_template("nscluster");
         Self::start_in(&dir, &name, Some((&netns.name, &netns.ns_ip)))
     }
 
@@ -400,45 +413,13 @@ impl PgCluster {
     }
 
     fn start_on(dir: &Path, port: u16) -> Option<Child> {
-        let bindir = pg_bindir();
-        let owner = pg_owner();
         let log = fs::OpenOptions::new()
             .append(true)
             .open(dir.join("server.log"))
             .unwrap();
-        let mut cmd = Command::new(bindir.join("postgres"));
-        cmd.arg("-D")
-            .arg(dir)
-            .arg("-p")
-            .arg(port.to_string())
-            .arg("-k")
-            .arg(dir.join("sock"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        if let Some((uid, gid)) = owner {
-            cmd.uid(uid).gid(gid);
-        }
-        let mut child = spawn_tied(cmd).expect("spawn postgres");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let ready = Command::new(bindir.join("pg_isready"))
-                .args([
-                    "-q",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "-U",
-                    SUPERUSER,
-                ])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if ready {
-                return Some(child);
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let (mut child, host) = spawn_postgres(dir, port, log, None, pg_owner());
+        if wait_ready(&mut child, host, port) {
+            return Some(child);
         }
         stop_child(&mut child, Duration::from_secs(5));
         panic!("PostgreSQL did not restart on port {port}");
@@ -821,10 +802,7 @@ impl TestProxy {
 
     /// A libpq-style connection string to this proxy.
     pub fn conn_str(&self, db: &TestDb) -> String {
-        format!(
-            "host=127.0.0.1 port={} user={} password={} dbname={}",
-            self.port, db.user, db.password, db.name
-        )
+        proxy_conn_str(self.port, db)
     }
 
     pub async fn connect(&self, db: &TestDb) -> tokio_postgres::Client {
@@ -847,6 +825,64 @@ impl Drop for TestProxy {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+/// A libpq-style connection string to a pgcat listening on `port`.
+pub fn proxy_conn_str(port: u16, db: &TestDb) -> String {
+    format!(
+        "host=127.0.0.1 port={port} user={} password={} dbname={}",
+        db.user, db.password, db.name
+    )
+}
+
+/// Blocks until something accepts TCP connections on 127.0.0.1:`port`,
+/// for at most 10 s.
+pub fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `f` holds, for at most `limit`.
+pub async fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Samples on a thread, until [`MaxWatch::finish`], the highest value
+/// `sample` returns (e.g. a cluster's backend count).
+pub struct MaxWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl MaxWatch {
+    pub fn start(sample: impl Fn() -> usize + Send + 'static) -> MaxWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut max = 0;
+            while !stopped.load(Ordering::Relaxed) {
+                max = max.max(sample());
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            max
+        });
+        MaxWatch { stop, thread }
+    }
+
+    /// Stops sampling; the highest value seen.
+    pub async fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || self.thread.join().unwrap())
+            .await
+            .unwrap()
     }
 }
 
