@@ -647,38 +647,23 @@ impl Netns {
             "dev",
             &ns.ns_if,
         ]);
-        ip(&[
-            "netns", "exec", &ns.name, "ip", "link", "set", &ns.ns_if, "up",
-        ]);
-        ip(&["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"]);
+        ns.set_link(&ns.ns_if, "up");
+        ns.set_link("lo", "up");
         ns
+    }
+
+    /// `ip link set DEV STATE` inside the namespace.
+    fn set_link(&self, dev: &str, state: &str) {
+        ip(&["netns", "exec", &self.name, "ip", "link", "set", dev, state]);
     }
 
     /// Drops every packet on the link from now on, without a reset.
     pub fn cut(&self) {
-        ip(&[
-            "netns",
-            "exec",
-            &self.name,
-            "ip",
-            "link",
-            "set",
-            &self.ns_if,
-            "down",
-        ]);
+        self.set_link(&self.ns_if, "down");
     }
 
     pub fn restore(&self) {
-        ip(&[
-            "netns",
-            "exec",
-            &self.name,
-            "ip",
-            "link",
-            "set",
-            &self.ns_if,
-            "up",
-        ]);
+        self.set_link(&self.ns_if, "up");
     }
 }
 
