@@ -410,9 +410,12 @@ pub struct UserPool {
 impl UserPool {
     /// Builds the pools; connections open lazily (or up to min_pool_size
     /// in the background), so building never waits on a server.
+    /// `config_hash` is the pool's [`pool_hash`], which the caller has
+    /// already computed to decide whether to build.
     pub fn build(
         config: &Config,
         db: &str,
+        config_hash: u64,
         user_key: &str,
         state: Arc<PoolState>,
         registry: &Arc<Registry>,
@@ -468,7 +471,7 @@ impl UserPool {
             })
             .collect();
         UserPool {
-            config_hash: pool_hash(&config.general, db, pool),
+            config_hash,
             built_at: SystemTime::now(),
             settings,
             shards,
@@ -752,7 +755,7 @@ impl PoolSet {
                             .unwrap_or_default();
                         (
                             u.username.clone(),
-                            Arc::new(UserPool::build(config, db, key, state, registry)),
+                            Arc::new(UserPool::build(config, db, hash, key, state, registry)),
                         )
                     })
                     .collect(),
