@@ -91,27 +91,8 @@ pub fn apply(
     if config.path.is_none() {
         config.path = old_config.path.clone();
     }
-    let g_old = &old_config.general;
-    let g_new = &config.general;
-    for (key, changed) in [
-        ("host", g_old.host != g_new.host),
-        ("port", g_old.port != g_new.port),
-        (
-            "worker_threads",
-            g_old.worker_threads != g_new.worker_threads,
-        ),
-        (
-            "enable_prometheus_exporter",
-            g_old.enable_prometheus_exporter != g_new.enable_prometheus_exporter,
-        ),
-        (
-            "prometheus_exporter_port",
-            g_old.prometheus_exporter_port != g_new.prometheus_exporter_port,
-        ),
-    ] {
-        if changed {
-            tracing::warn!("general.{key} changed; it takes effect after a restart");
-        }
+    for key in old_config.general.restart_only_changes(&config.general) {
+        tracing::warn!("general.{key} changed; it takes effect after a restart");
     }
     let old_pools = shared.pools.load_full();
     let new_pools = PoolSet::build(&config, Some(&old_pools), &shared.registry, force);

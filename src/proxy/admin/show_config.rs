@@ -4,15 +4,6 @@
 use super::{text, AdminError, Command, Context, Kind, Reply, Table};
 use crate::proxy::config::General;
 
-/// Keys that only take effect after a restart.
-const NOT_RELOADABLE: &[&str] = &[
-    "host",
-    "port",
-    "worker_threads",
-    "enable_prometheus_exporter",
-    "prometheus_exporter_port",
-];
-
 fn render(v: &toml::Value) -> String {
     match v {
         toml::Value::String(s) => s.clone(),
@@ -46,7 +37,7 @@ fn run(ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
                 render(v)
             };
             let default = def.get(k).map(render).unwrap_or_default();
-            let changeable = if NOT_RELOADABLE.contains(&k.as_str()) {
+            let changeable = if General::RESTART_ONLY.contains(&k.as_str()) {
                 "no"
             } else {
                 "yes"

@@ -465,6 +465,20 @@ servers = [["127.0.0.1", 5432, "primary"]]
     }
 
     #[test]
+    fn restart_only_changes_name_exactly_the_keys_that_differ() {
+        let (a, _) = Config::parse(BASE, "test.toml").unwrap();
+        let mut b = a.general.clone();
+        assert!(a.general.restart_only_changes(&b).is_empty());
+        b.port = 7000;
+        b.worker_threads = a.general.worker_threads + 1;
+        b.connect_timeout += 1;
+        assert_eq!(
+            a.general.restart_only_changes(&b),
+            vec!["port", "worker_threads"]
+        );
+    }
+
+    #[test]
     fn base_config_loads_with_defaults() {
         let (c, warnings) = Config::parse(BASE, "test.toml").unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");

@@ -82,6 +82,28 @@ pub struct General {
     pub auth_query_password: Option<String>,
 }
 
+impl General {
+    /// Keys that take effect only after a restart.
+    pub const RESTART_ONLY: &'static [&'static str] = &[
+        "host",
+        "port",
+        "worker_threads",
+        "enable_prometheus_exporter",
+        "prometheus_exporter_port",
+    ];
+
+    /// The [`Self::RESTART_ONLY`] keys whose values differ in `new`.
+    pub fn restart_only_changes(&self, new: &General) -> Vec<&'static str> {
+        let old = toml::Value::try_from(self).ok();
+        let new = toml::Value::try_from(new).ok();
+        Self::RESTART_ONLY
+            .iter()
+            .copied()
+            .filter(|k| old.as_ref().and_then(|v| v.get(k)) != new.as_ref().and_then(|v| v.get(k)))
+            .collect()
+    }
+}
+
 impl Default for General {
     fn default() -> Self {
         General {
