@@ -3,12 +3,15 @@
 //! server, a mirror), writes a config for them, drives light traffic with
 //! pgbench through pgcat, and opens the dashboard. Everything it started
 //! is stopped and removed when it exits, also on Ctrl-C or SIGTERM.
+//!
+//! Its process helpers (finding the binaries, the OS user, starting and
+//! stopping a postmaster) are also the test harness's.
 
 use std::fs;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// The directory holding initdb and postgres.
@@ -35,8 +38,9 @@ pub fn pg_bindir() -> io::Result<PathBuf> {
         })
 }
 
-/// Runs PostgreSQL as `postgres` when we are root: initdb refuses root.
-fn owner() -> io::Result<Option<(u32, u32)>> {
+/// The uid/gid to run PostgreSQL as: `postgres` when we are root (initdb
+/// refuses root), ourselves (None) otherwise.
+pub fn pg_owner() -> io::Result<Option<(u32, u32)>> {
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
         return Ok(None);
@@ -46,14 +50,15 @@ fn owner() -> io::Result<Option<(u32, u32)>> {
     let pw = unsafe { libc::getpwnam(name.as_ptr()) };
     if pw.is_null() {
         return Err(io::Error::other(
-            "running as root needs a `postgres` OS user to run PostgreSQL",
+            "running as root needs a `postgres` OS user to run PostgreSQL (apt-get install -y postgresql creates it)",
         ));
     }
     // SAFETY: checked non-null above.
     unsafe { Ok(Some(((*pw).pw_uid, (*pw).pw_gid))) }
 }
 
-fn chown(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+/// `chown -R` to `owner`; nothing when None.
+pub fn chown_tree(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
     if let Some((uid, gid)) = owner {
         let status = Command::new("chown")
             .arg("-R")
@@ -84,31 +89,58 @@ fn command(program: &Path, owner: Option<(u32, u32)>) -> Command {
     cmd
 }
 
-fn free_port() -> io::Result<u16> {
+/// A port on 127.0.0.1 the OS had free just now.
+pub fn free_port() -> io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-/// Stops a child with SIGINT, then SIGKILL; always reaps it.
-fn stop(child: &mut Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
+/// Stops a child: SIGINT (PostgreSQL's fast shutdown, pgcat's graceful
+/// one), then SIGKILL after `grace`; always reaps it.
+pub fn stop_child(child: &mut Child, grace: Duration) -> io::Result<ExitStatus> {
+    if let Some(status) = child.try_wait()? {
+        return Ok(status);
     }
     // SAFETY: a pid we own.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
-    let _ = child.wait();
+    child.wait()
 }
+
+/// Waits up to 30 s until the postmaster `child` accepts connections on
+/// `host`:`port` (pg_isready from `bindir`); false when it exited or time
+/// ran out.
+pub fn wait_ready(bindir: &Path, child: &mut Child, host: &str, port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        let ready = Command::new(bindir.join("pg_isready"))
+            .args(["-q", "-h", host, "-p", &port.to_string(), "-U", "postgres"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ready {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// How long the demo's clusters get for a clean stop.
+const STOP_GRACE: Duration = Duration::from_secs(15);
 
 struct Cluster {
     port: u16,
@@ -128,7 +160,7 @@ impl Demo {
     /// Starts the clusters and writes the config. `say` reports progress.
     pub fn start(say: &dyn Fn(&str)) -> io::Result<Demo> {
         let bindir = pg_bindir()?;
-        let owner = owner()?;
+        let owner = pg_owner()?;
         let dir = std::env::temp_dir().join(format!("pgcat-demo-{}", std::process::id()));
         fs::create_dir_all(&dir)?;
         let mut demo = Demo {
@@ -183,7 +215,7 @@ mirrors = [["127.0.0.1", {mirror}, 0]]
         let root = self.dir.join(name);
         let data = root.join("data");
         fs::create_dir_all(&root)?;
-        chown(&self.dir, owner)?;
+        chown_tree(&self.dir, owner)?;
         let out = command(&bindir.join("initdb"), owner)
             .arg("-D")
             .arg(&data)
@@ -212,9 +244,9 @@ mirrors = [["127.0.0.1", {mirror}, 0]]
             root.display()
         ));
         fs::write(data.join("postgresql.conf"), conf)?;
-        chown(&self.dir, owner)?;
+        chown_tree(&self.dir, owner)?;
         let log = fs::File::create(root.join("server.log"))?;
-        chown(&root, owner)?;
+        chown_tree(&root, owner)?;
         let child = command(&bindir.join("postgres"), owner)
             .arg("-D")
             .arg(&data)
@@ -223,24 +255,12 @@ mirrors = [["127.0.0.1", {mirror}, 0]]
             .stderr(log)
             .spawn()?;
         let mut cluster = Cluster { port, child };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = Command::new(bindir.join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if ready {
-                break;
-            }
-            if Instant::now() > deadline || matches!(cluster.child.try_wait(), Ok(Some(_))) {
-                stop(&mut cluster.child);
-                return Err(io::Error::other(format!(
-                    "PostgreSQL {name} did not start; see {}",
-                    root.join("server.log").display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if !wait_ready(bindir, &mut cluster.child, "127.0.0.1", port) {
+            let _ = stop_child(&mut cluster.child, STOP_GRACE);
+            return Err(io::Error::other(format!(
+                "PostgreSQL {name} did not start; see {}",
+                root.join("server.log").display()
+            )));
         }
         let psql = |sql: &str| {
             Command::new(bindir.join("psql"))
@@ -280,7 +300,7 @@ mirrors = [["127.0.0.1", {mirror}, 0]]
             .stderr(Stdio::null())
             .status()?;
         if !status.success() {
-            stop(&mut cluster.child);
+            let _ = stop_child(&mut cluster.child, STOP_GRACE);
             return Err(io::Error::other(format!("pgbench -i on {name} failed")));
         }
         Ok(cluster)
@@ -325,7 +345,7 @@ mirrors = [["127.0.0.1", {mirror}, 0]]
         }
         self.traffic.clear();
         for c in &mut self.clusters {
-            stop(&mut c.child);
+            let _ = stop_child(&mut c.child, STOP_GRACE);
         }
         self.clusters.clear();
         let _ = fs::remove_dir_all(&self.dir);

@@ -10,7 +10,6 @@
 
 use std::fs;
 use std::io;
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -65,33 +64,13 @@ pub fn pg_bindir() -> PathBuf {
     })
 }
 
-/// The uid/gid to run PostgreSQL as: `postgres` when we are root (initdb
-/// refuses root), ourselves otherwise.
+/// The uid/gid to run PostgreSQL as: `postgres` when we are root.
 fn pg_owner() -> Option<(u32, u32)> {
-    // SAFETY: getuid has no preconditions.
-    if unsafe { libc::getuid() } != 0 {
-        return None;
-    }
-    let name = std::ffi::CString::new("postgres").unwrap();
-    // SAFETY: getpwnam returns a pointer into static storage or null; we
-    // copy the two fields out immediately.
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    if pw.is_null() {
-        panic!("running as root needs a `postgres` OS user to run PostgreSQL (apt-get install -y postgresql creates it)");
-    }
-    unsafe { Some(((*pw).pw_uid, (*pw).pw_gid)) }
+    pgcat::demo::pg_owner().unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn chown_tree(path: &Path, owner: Option<(u32, u32)>) {
-    if let Some((uid, gid)) = owner {
-        let status = Command::new("chown")
-            .arg("-R")
-            .arg(format!("{uid}:{gid}"))
-            .arg(path)
-            .status()
-            .expect("chown");
-        assert!(status.success(), "chown {path:?} failed");
-    }
+    pgcat::demo::chown_tree(path, owner).unwrap_or_else(|e| panic!("chown {path:?}: {e}"));
 }
 
 /// Spawns children from one thread that lives as long as the process, so
@@ -137,33 +116,13 @@ pub fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
     reply_rx.recv().unwrap()
 }
 
-/// Stops a child: SIGINT (PostgreSQL's fast shutdown, pgcat's graceful
-/// one), then SIGKILL after `grace`; always reaps it.
+/// Stops a child: SIGINT, then SIGKILL after `grace`; always reaps it.
 pub fn stop_child(child: &mut Child, grace: Duration) -> ExitStatus {
-    if let Ok(Some(status)) = child.try_wait() {
-        return status;
-    }
-    // SAFETY: kill with a pid we own.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    child.wait().expect("wait for child")
+    pgcat::demo::stop_child(child, grace).expect("wait for child")
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    pgcat::demo::free_port().unwrap()
 }
 
 fn base_dir_path() -> PathBuf {
@@ -303,27 +262,6 @@ fn spawn_postgres<'a>(
     (spawn_tied(cmd).expect("spawn postgres"), host)
 }
 
-/// Waits up to 30 s for pg_isready; false when postgres exited or the
-/// time ran out.
-fn wait_ready(child: &mut Child, host: &str, port: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return false;
-        }
-        let ready = Command::new(pg_bindir().join("pg_isready"))
-            .args(["-q", "-h", host, "-p", &port.to_string(), "-U", SUPERUSER])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ready {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 /// A running PostgreSQL.
 pub struct PgCluster {
     /// Where PostgreSQL listens: 127.0.0.1, or the namespace's address.
@@ -374,7 +312,7 @@ impl PgCluster {
                 }
             }
             let (mut child, host) = spawn_postgres(dir, port, log, netns, owner);
-            if wait_ready(&mut child, host, port) {
+            if pgcat::demo::wait_ready(&pg_bindir(), &mut child, host, port) {
                 return PgCluster {
                     host: host.to_string(),
                     port,
@@ -418,7 +356,7 @@ impl PgCluster {
             .open(dir.join("server.log"))
             .unwrap();
         let (mut child, host) = spawn_postgres(dir, port, log, None, pg_owner());
-        if wait_ready(&mut child, host, port) {
+        if pgcat::demo::wait_ready(&pg_bindir(), &mut child, host, port) {
             return Some(child);
         }
         stop_child(&mut child, Duration::from_secs(5));
