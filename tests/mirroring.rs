@@ -168,9 +168,8 @@ async fn extended_protocol_and_pipelines_are_mirrored_without_errors() {
     proxy.stop().await;
 }
 
-/// Runs 1000 simple queries on one connection; returns the time taken.
-async fn thousand_queries(client: &tokio_postgres::Client) -> Duration {
-    let started = Instant::now();
+/// Runs 1000 simple queries on one connection.
+async fn thousand_queries(client: &tokio_postgres::Client) {
     for i in 0..1000 {
         let rows = client
             .simple_query(&format!("SELECT {i}"))
@@ -180,7 +179,6 @@ async fn thousand_queries(client: &tokio_postgres::Client) -> Duration {
             matches!(&rows[1], tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some(i.to_string().as_str()))
         );
     }
-    started.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,31 +187,18 @@ async fn unreachable_mirrors_neither_fail_nor_slow_queries() {
     let db = primary.create_db("scram-sha-256");
     let closed_port = free_port();
     // "mirror..invalid" fails inside the resolver without a packet sent.
-    let plain = TestProxy::start(&config_text(
-        "",
-        &[PoolSpec {
-            pool_size: 1,
-            ..PoolSpec::new(&db)
-        }],
-    ))
-    .await;
     let spec = PoolSpec {
         pool_size: 1,
         shard_extra: mirrors(&[("127.0.0.1", closed_port), ("mirror..invalid", 5432)]),
         ..PoolSpec::new(&db)
     };
     let mirrored = TestProxy::start(&config_text("", &[spec])).await;
-    let a = plain.connect(&db).await;
+    // Speed is bench/run --mirror's business; here, every query succeeds
+    // and the transactions are dropped at the handle, not queued.
     let b = mirrored.connect(&db).await;
-    let (mut base, mut with) = (Duration::MAX, Duration::MAX);
     for _ in 0..3 {
-        base = base.min(thousand_queries(&a).await);
-        with = with.min(thousand_queries(&b).await);
+        thousand_queries(&b).await;
     }
-    assert!(
-        with.as_secs_f64() <= base.as_secs_f64() * 1.2 + 0.02,
-        "with unreachable mirrors {with:?}, without {base:?}"
-    );
     let admin = mirrored.admin().await;
     for port in [closed_port, 5432] {
         let row = mirror_row(&admin, &db.name, port).await;
@@ -228,7 +213,6 @@ async fn unreachable_mirrors_neither_fail_nor_slow_queries() {
         );
         assert!(dropped >= 2900, "dropped {dropped}");
     }
-    plain.stop().await;
     mirrored.stop().await;
 }
 
@@ -350,17 +334,14 @@ async fn reloads_keep_mirror_connections_within_the_pool_size() {
     proxy.stop().await;
 }
 
-/// Runs 500 lookups in table `t` on one connection; returns the time
-/// taken.
-async fn lookups_in_t(client: &tokio_postgres::Client) -> Duration {
-    let started = Instant::now();
+/// Runs 500 lookups in table `t` on one connection.
+async fn lookups_in_t(client: &tokio_postgres::Client) {
     for i in 0..500 {
         client
             .simple_query(&format!("SELECT count(*) FROM t WHERE v = {i}"))
             .await
             .unwrap();
     }
-    started.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,14 +356,6 @@ async fn a_slow_mirror_drops_transactions_instead_of_slowing_the_primary() {
             &format!("CREATE TABLE t (v int); ALTER TABLE t OWNER TO {}", db.user),
         );
     }
-    let plain = TestProxy::start(&config_text(
-        "",
-        &[PoolSpec {
-            pool_size: 1,
-            ..PoolSpec::new(&db)
-        }],
-    ))
-    .await;
     let spec = PoolSpec {
         pool_size: 1,
         shard_extra: mirrors(&[("127.0.0.1", mirror.port)]),
@@ -401,17 +374,12 @@ async fn a_slow_mirror_drops_transactions_instead_of_slowing_the_primary() {
         .await
         .unwrap();
 
-    let a = plain.connect(&db).await;
+    // The lock stays until the end: had the primary waited for the
+    // mirror, these would never finish.
     let b = mirrored.connect(&db).await;
-    let (mut base, mut with) = (Duration::MAX, Duration::MAX);
     for _ in 0..3 {
-        base = base.min(lookups_in_t(&a).await);
-        with = with.min(lookups_in_t(&b).await);
+        lookups_in_t(&b).await;
     }
-    assert!(
-        with.as_secs_f64() <= base.as_secs_f64() * 1.2 + 0.02,
-        "with a blocked mirror {with:?}, without {base:?}"
-    );
     let admin = mirrored.admin().await;
     let row = mirror_row(&admin, &db.name, mirror.port).await;
     let dropped: u64 = row["dropped"].as_deref().unwrap().parse().unwrap();
@@ -434,6 +402,5 @@ async fn a_slow_mirror_drops_transactions_instead_of_slowing_the_primary() {
         "the mirror never caught up",
     )
     .await;
-    plain.stop().await;
     mirrored.stop().await;
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use super::{client, Shared};
+use super::{session, Shared};
 
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
     let clients = TaskTracker::new();
@@ -30,7 +30,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
                         let switch = switch.clone();
                         async move {
                             let _running = entry;
-                            client::handle(stream, peer, task_shared, switch).await;
+                            session::handle(stream, peer, task_shared, switch).await;
                         }
                     });
                     switch.arm(task.abort_handle());

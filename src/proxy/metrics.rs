@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::stats::Snapshot;
+use super::stats::snapshot::Snapshot;
 use super::Shared;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {

@@ -7,7 +7,6 @@ pub mod admin;
 pub mod auth;
 pub mod buffers;
 pub mod cancel;
-pub mod client;
 pub mod config;
 pub mod listener;
 pub mod metrics;
@@ -17,6 +16,7 @@ pub mod pool;
 pub mod protocol;
 pub mod reload;
 pub mod server;
+pub mod session;
 pub mod stats;
 pub(crate) mod wire;
 
@@ -34,7 +34,8 @@ use self::cancel::CancelRegistry;
 use self::config::{Config, ConfigError};
 use self::pool::PoolSet;
 use self::reload::ReloadLog;
-use self::stats::{Registry, ReloadRecord, Snapshot};
+use self::stats::snapshot::Snapshot;
+use self::stats::{Registry, ReloadRecord};
 
 /// State every session and control path shares.
 pub struct Shared {
@@ -183,7 +184,9 @@ impl Proxy {
                 shared.clone(),
             )));
         }
-        background.push(tokio::spawn(stats::run_stats_task(shared.clone())));
+        background.push(tokio::spawn(stats::snapshot::run_stats_task(
+            shared.clone(),
+        )));
         background.push(tokio::spawn(reload::run_autoreload(shared.clone())));
         let (done_tx, done_rx) = watch::channel(false);
         let task_shared = shared.clone();

@@ -2,7 +2,6 @@
 //! the statements pgcat prepared on it, and the queries pgcat runs on its
 //! own behalf (health check, settings replay, rollback, reset).
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,10 +13,11 @@ use tokio::net::TcpStream;
 
 use super::auth::{ServerAuthError, ServerLogin};
 use super::config::Role;
-use super::mirror::MirrorHandle;
 use super::net::{self, SocketSettings};
 use super::protocol::codec::MAX_MESSAGE_LEN;
 use super::protocol::messages::{self, parse_error_fields, ErrorFields};
+use super::protocol::settings::Settings;
+use super::protocol::statements::{ServerStatements, Unnamed};
 use super::stats::{NewServer, Registration, Registry, ServerInfo, ServerState};
 use super::wire;
 
@@ -51,60 +51,63 @@ pub struct LoginInfo {
     pub connect_timeout: Duration,
 }
 
-/// Settings PostgreSQL reports with ParameterStatus.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Params(pub Vec<(String, String)>);
+/// Settings PostgreSQL reports with ParameterStatus, with a digest for
+/// the one comparison a checkout makes.
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    pairs: Vec<(String, String)>,
+    /// Order-independent digest of `pairs`; None after a change.
+    digest: Option<u64>,
+}
+
+impl PartialEq for Params {
+    fn eq(&self, other: &Params) -> bool {
+        self.pairs.len() == other.pairs.len()
+            && self.pairs.iter().all(|(k, v)| other.get(k) == Some(v))
+    }
+}
 
 impl Params {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
+        self.pairs
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
 
     pub fn set(&mut self, name: &str, value: &str) {
-        match self.0.iter_mut().find(|(k, _)| k == name) {
+        match self.pairs.iter_mut().find(|(k, _)| k == name) {
             Some((_, v)) => {
                 if v != value {
                     *v = value.to_string();
+                    self.digest = None;
                 }
             }
-            None => self.0.push((name.to_string(), value.to_string())),
+            None => {
+                self.pairs.push((name.to_string(), value.to_string()));
+                self.digest = None;
+            }
         }
     }
-}
 
-/// Settings that follow a client from server to server in transaction
-/// mode: when the server a client gets has different values, pgcat sets
-/// the client's values first. All are reported by PostgreSQL.
-pub const TRACKED_PARAMS: &[&str] = &[
-    "client_encoding",
-    "DateStyle",
-    "TimeZone",
-    "application_name",
-    "standard_conforming_strings",
-    "IntervalStyle",
-];
-
-/// A digest of the tracked settings' values, to tell in one comparison
-/// whether a client's settings match a server's.
-pub fn tracked_digest(params: &Params) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    for name in TRACKED_PARAMS {
-        params.get(name).hash(&mut h);
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
-    h.finish()
-}
 
-/// The canonical spelling of a tracked setting (names are
-/// case-insensitive in PostgreSQL, ParameterStatus uses these).
-pub fn tracked_param(name: &str) -> Option<&'static str> {
-    TRACKED_PARAMS
-        .iter()
-        .find(|p| p.eq_ignore_ascii_case(name))
-        .copied()
+    /// A digest that two sets of the same pairs share, in any order.
+    pub fn digest(&mut self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        *self.digest.get_or_insert_with(|| {
+            self.pairs
+                .iter()
+                .map(|p| {
+                    let mut h = std::hash::DefaultHasher::new();
+                    p.hash(&mut h);
+                    h.finish()
+                })
+                .fold(0u64, |acc, h| acc.wrapping_add(h))
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,59 +134,8 @@ pub enum ServerError {
     Retired,
 }
 
-/// The statements pgcat prepared on one server connection, by the hash of
-/// their text and parameter types, with a use counter for LRU eviction.
-#[derive(Debug, Default)]
-pub struct ServerStatements {
-    used: HashMap<u64, u64>,
-    clock: u64,
-}
-
-impl ServerStatements {
-    pub fn contains(&mut self, hash: u64) -> bool {
-        self.clock += 1;
-        match self.used.get_mut(&hash) {
-            Some(t) => {
-                *t = self.clock;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Records a statement; returns the least recently used one to close
-    /// when the cache is over `capacity`.
-    pub fn insert(&mut self, hash: u64, capacity: usize) -> Option<u64> {
-        self.clock += 1;
-        self.used.insert(hash, self.clock);
-        if self.used.len() > capacity.max(1) {
-            let (&oldest, _) = self
-                .used
-                .iter()
-                .filter(|(&h, _)| h != hash)
-                .min_by_key(|(_, &t)| t)?;
-            self.used.remove(&oldest);
-            return Some(oldest);
-        }
-        None
-    }
-
-    pub fn remove(&mut self, hash: u64) {
-        self.used.remove(&hash);
-    }
-
-    pub fn clear(&mut self) {
-        self.used.clear();
-    }
-
-    pub fn len(&self) -> usize {
-        self.used.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.used.is_empty()
-    }
-}
+/// Rows of a query pgcat ran itself, as text (None for NULL).
+pub type Rows = Vec<Vec<Option<String>>>;
 
 /// One server connection.
 #[derive(Debug)]
@@ -194,7 +146,12 @@ pub struct Server {
     pub params: Params,
     pub backend_pid: i32,
     pub secret_key: i32,
+    /// The statements pgcat prepared on it.
     pub statements: ServerStatements,
+    /// Its session-level settings, as pgcat last applied or read them.
+    pub settings: Arc<Settings>,
+    /// Its unnamed statement.
+    pub unnamed: Option<Arc<Unnamed>>,
     pub id: u64,
     pub created: Instant,
     /// When a client last gave it back (coarse ms); the health check is
@@ -203,17 +160,9 @@ pub struct Server {
     /// Set when the connection must not be reused (IO error, abandoned
     /// mid-request, protocol confusion). bb8 drops it on return.
     pub broken: bool,
-    /// A client changed session state that must be reset before reuse.
-    pub dirty: bool,
-    /// [`tracked_digest`] of `params`, computed when first needed after
-    /// they changed.
-    pub tracked: Option<u64>,
     /// What the admin console shows about this connection.
     pub info: Arc<ServerInfo>,
     _registration: Option<Registration>,
-    /// One handle per mirror of this server; dropping them tells the
-    /// mirror tasks to close their connections.
-    pub mirrors: Vec<MirrorHandle>,
 }
 
 impl Server {
@@ -327,15 +276,14 @@ impl Server {
             backend_pid: key.0,
             secret_key: key.1,
             statements: ServerStatements::default(),
+            settings: Settings::empty(),
+            unnamed: None,
             id: info.id,
             created: now,
             last_used: super::stats::coarse_ms(),
             broken: false,
-            dirty: false,
-            tracked: None,
             info,
             _registration: registration,
-            mirrors: Vec::new(),
         })
     }
 
@@ -349,9 +297,28 @@ impl Server {
         self.exchange(&out, limit).await
     }
 
+    /// Like [`Server::run`], returning the rows of every result set in
+    /// text form.
+    pub async fn query_rows(&mut self, sql: &str, limit: Duration) -> Result<Rows, ServerError> {
+        let mut out = BytesMut::with_capacity(sql.len() + 8);
+        messages::query(&mut out, sql);
+        let mut rows = Vec::new();
+        self.exchange_collect(&out, limit, Some(&mut rows)).await?;
+        Ok(rows)
+    }
+
     /// Writes `request` and reads replies until ReadyForQuery.
     pub async fn exchange(&mut self, request: &[u8], limit: Duration) -> Result<(), ServerError> {
-        let result = tokio::time::timeout(limit, self.exchange_inner(request)).await;
+        self.exchange_collect(request, limit, None).await
+    }
+
+    async fn exchange_collect(
+        &mut self,
+        request: &[u8],
+        limit: Duration,
+        rows: Option<&mut Rows>,
+    ) -> Result<(), ServerError> {
+        let result = tokio::time::timeout(limit, self.exchange_inner(request, rows)).await;
         match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -368,6 +335,7 @@ impl Server {
     async fn exchange_inner(
         &mut self,
         request: &[u8],
+        mut rows: Option<&mut Rows>,
     ) -> Result<Result<(), ServerError>, ServerError> {
         self.stream.write_all(request).await?;
         let mut buf = BytesMut::with_capacity(512);
@@ -386,7 +354,14 @@ impl Server {
                 b'S' => {
                     if let Ok((k, v)) = messages::parse_parameter_status(&msg.body) {
                         self.params.set(&k, &v);
-                        self.tracked = None;
+                    }
+                }
+                b'D' => {
+                    if let Some(rows) = rows.as_deref_mut() {
+                        rows.push(
+                            messages::parse_data_row(&msg.body)
+                                .map_err(|_| ServerError::Unexpected('D'))?,
+                        );
                     }
                 }
                 _ => {}
@@ -453,45 +428,22 @@ impl Drop for Server {
     }
 }
 
-/// Quotes a value for `SET name TO '...'`.
-pub fn quote_literal(value: &str) -> String {
-    let mut s = String::with_capacity(value.len() + 2);
-    s.push('\'');
-    for c in value.chars() {
-        if c == '\'' {
-            s.push('\'');
-        }
-        s.push(c);
-    }
-    s.push('\'');
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn statement_cache_evicts_least_recently_used() {
-        let mut s = ServerStatements::default();
-        assert_eq!(s.insert(1, 2), None);
-        assert_eq!(s.insert(2, 2), None);
-        assert!(s.contains(1));
-        assert_eq!(s.insert(3, 2), Some(2));
-        assert!(s.contains(1) && s.contains(3) && !s.contains(2));
-        s.remove(1);
-        assert_eq!(s.len(), 1);
-    }
-
-    #[test]
-    fn tracked_params_are_case_insensitive() {
-        assert_eq!(tracked_param("timezone"), Some("TimeZone"));
-        assert_eq!(tracked_param("DATESTYLE"), Some("DateStyle"));
-        assert_eq!(tracked_param("search_path"), None);
-    }
-
-    #[test]
-    fn literal_quoting() {
-        assert_eq!(quote_literal("it's"), "'it''s'");
+    fn params_digest_ignores_order_and_follows_changes() {
+        let mut a = Params::default();
+        a.set("TimeZone", "UTC");
+        a.set("DateStyle", "ISO, MDY");
+        let mut b = Params::default();
+        b.set("DateStyle", "ISO, MDY");
+        b.set("TimeZone", "UTC");
+        assert_eq!(a.digest(), b.digest());
+        assert_eq!(a, b);
+        b.set("TimeZone", "Europe/Paris");
+        assert_ne!(a.digest(), b.digest());
+        assert_ne!(a, b);
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::proxy::stats::{PoolSnapshot, Snapshot};
+use crate::proxy::stats::snapshot::{PoolSnapshot, Snapshot};
 
 use super::keys::Key;
 use super::LogBuffer;

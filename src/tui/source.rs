@@ -16,10 +16,10 @@ use crate::proxy::net::{SocketInfo, SocketSettings};
 use crate::proxy::protocol::codec::MAX_MESSAGE_LEN;
 use crate::proxy::protocol::messages::{self, parse_error_fields, read_cstr};
 use crate::proxy::server::{LoginInfo, Server, ServerAddress};
-use crate::proxy::stats::{
-    Averages, ClientSnapshot, PoolServerSnapshot, PoolSnapshot, ReloadRecord, ServerSnapshot,
-    Snapshot, Totals,
+use crate::proxy::stats::snapshot::{
+    ClientSnapshot, PoolServerSnapshot, PoolSnapshot, ServerSnapshot, Snapshot,
 };
+use crate::proxy::stats::{Averages, ReloadRecord, Totals};
 use crate::proxy::{wire, Shared};
 
 /// One row of an admin command: column name -> value.

@@ -40,7 +40,8 @@ use tokio::net::TcpStream;
 
 use super::auth::{self, ClientAuth, ClientAuthError};
 use super::protocol::messages::{self, Severity};
-use super::stats::{NewClient, Snapshot};
+use super::stats::snapshot::Snapshot;
+use super::stats::NewClient;
 use super::{wire, Shared};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -25,6 +25,7 @@ struct PoolRelevantGeneral<'a> {
     server_round_robin: bool,
     server_tls: bool,
     verify_server_certificate: bool,
+    max_prepared_statements: usize,
     host: &'a str,
 }
 
@@ -54,6 +55,7 @@ pub fn pool_hash(general: &General, name: &str, pool: &Pool) -> u64 {
             server_round_robin: general.server_round_robin,
             server_tls: general.server_tls,
             verify_server_certificate: general.verify_server_certificate,
+            max_prepared_statements: general.max_prepared_statements,
             // The listener address does not shape server connections.
             host: "",
         },

@@ -80,6 +80,35 @@ pub struct General {
     pub auth_query: Option<String>,
     pub auth_query_user: Option<String>,
     pub auth_query_password: Option<String>,
+    /// PgBouncer's: startup parameters dropped instead of applied (a
+    /// comma-separated string or a list). `options` drops them all.
+    #[serde(deserialize_with = "name_list")]
+    pub ignore_startup_parameters: Vec<String>,
+    /// PgBouncer's: parameters to track beyond its defaults. pgcat tracks
+    /// every session setting, so this is accepted and changes nothing.
+    #[serde(deserialize_with = "name_list")]
+    pub track_extra_parameters: Vec<String>,
+    /// Named prepared statements one client may hold in transaction mode
+    /// (0: no limit); past it, a Parse gets an error.
+    pub max_prepared_statements: usize,
+}
+
+/// A list of names, as PgBouncer writes it (`"a, b"`) or as a TOML list.
+fn name_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Names {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Names::deserialize(d)? {
+        Names::One(s) => s
+            .split(',')
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect(),
+        Names::Many(v) => v,
+    })
 }
 
 impl General {
@@ -141,6 +170,9 @@ impl Default for General {
             auth_query: None,
             auth_query_user: None,
             auth_query_password: None,
+            ignore_startup_parameters: Vec::new(),
+            track_extra_parameters: Vec::new(),
+            max_prepared_statements: 1000,
         }
     }
 }

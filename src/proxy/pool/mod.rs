@@ -24,6 +24,8 @@ use super::config::{
 };
 use super::mirror::{MirrorHandle, MirrorSpec, MirrorStats};
 use super::net::SocketSettings;
+use super::protocol::settings::Settings;
+use super::protocol::statements::StatementId;
 use super::server::{LoginInfo, Params, Server, ServerAddress, ServerError};
 use super::stats::{PoolStats, Registry, ServerState};
 
@@ -32,10 +34,10 @@ use super::stats::{PoolStats, Registry, ServerState};
 pub struct PoolState {
     pub stats: PoolStats,
     paused: watch::Sender<bool>,
-    /// Hashes of statements PostgreSQL accepted for this pool: a client
-    /// preparing one of these gets ParseComplete from pgcat without
-    /// waiting for a server.
-    pub known_statements: Mutex<HashSet<u64>>,
+    /// Statements PostgreSQL accepted for this pool: a client preparing
+    /// one of these gets ParseComplete from pgcat without waiting for a
+    /// server.
+    pub known_statements: Mutex<HashSet<StatementId>>,
     /// Connection permits per server, shared by every generation.
     slots: Mutex<HashMap<SlotKey, Arc<Slot>>>,
 }
@@ -135,7 +137,7 @@ pub struct PooledServer {
 impl Drop for PooledServer {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.as_ref() {
-            conn.info.set_state(ServerState::Idle, 0);
+            conn.server.info.set_state(ServerState::Idle, 0);
         }
         // The connection is back in bb8 before the permit lets the next
         // waiter ask for it.
@@ -149,14 +151,31 @@ impl Drop for PooledServer {
 impl std::ops::Deref for PooledServer {
     type Target = Server;
     fn deref(&self) -> &Server {
-        self.conn.as_ref().expect("present until drop")
+        &self.conn.as_ref().expect("present until drop").server
     }
 }
 
 impl std::ops::DerefMut for PooledServer {
     fn deref_mut(&mut self) -> &mut Server {
-        self.conn.as_mut().expect("present until drop")
+        &mut self.conn.as_mut().expect("present until drop").server
     }
+}
+
+impl PooledServer {
+    /// The connection and its mirror tasks, borrowed together.
+    pub fn split(&mut self) -> (&mut Server, &mut [MirrorHandle]) {
+        let b = &mut **self.conn.as_mut().expect("present until drop");
+        (&mut b.server, &mut b.mirrors)
+    }
+}
+
+/// A server connection as the pool keeps it: the connection, and one
+/// task per mirror of its server, which follows it for its whole life
+/// (dropping the handles tells the tasks to close their connections).
+/// `Server` itself knows nothing of mirrors.
+pub struct Backend {
+    pub server: Server,
+    pub mirrors: Vec<MirrorHandle>,
 }
 
 /// Creates and checks server connections for bb8.
@@ -180,10 +199,10 @@ pub struct ServerManager {
 impl bb8::ManageConnection for ServerManager {
     /// Boxed: bb8 moves connections in and out of its idle queue at every
     /// checkout, and a pointer moves cheaper than the whole struct.
-    type Connection = Box<Server>;
+    type Connection = Box<Backend>;
     type Error = ServerError;
 
-    async fn connect(&self) -> Result<Box<Server>, ServerError> {
+    async fn connect(&self) -> Result<Box<Backend>, ServerError> {
         if self.retired.load(Ordering::Relaxed) {
             return Err(ServerError::Retired);
         }
@@ -193,10 +212,12 @@ impl bb8::ManageConnection for ServerManager {
             self.user.as_str(),
         );
         match Server::connect(self.address.clone(), &self.login, identity).await {
-            Ok(mut s) => {
+            Ok(server) => {
                 *self.last_error.lock() = None;
-                s.mirrors = self.mirrors.iter().map(MirrorHandle::start).collect();
-                Ok(Box::new(s))
+                Ok(Box::new(Backend {
+                    server,
+                    mirrors: self.mirrors.iter().map(MirrorHandle::start).collect(),
+                }))
             }
             Err(e) => {
                 tracing::warn!(server = %self.address, error = %e, "server connection failed");
@@ -206,7 +227,8 @@ impl bb8::ManageConnection for ServerManager {
         }
     }
 
-    async fn is_valid(&self, conn: &mut Box<Server>) -> Result<(), ServerError> {
+    async fn is_valid(&self, conn: &mut Box<Backend>) -> Result<(), ServerError> {
+        let conn = &mut conn.server;
         if self.retired.load(Ordering::Relaxed) {
             return Err(ServerError::Retired);
         }
@@ -227,8 +249,8 @@ impl bb8::ManageConnection for ServerManager {
         Ok(())
     }
 
-    fn has_broken(&self, conn: &mut Box<Server>) -> bool {
-        conn.broken || self.retired.load(Ordering::Relaxed)
+    fn has_broken(&self, conn: &mut Box<Backend>) -> bool {
+        conn.server.broken || self.retired.load(Ordering::Relaxed)
     }
 }
 
@@ -299,6 +321,7 @@ pub struct PoolSettings {
     pub default_shard: String,
     pub cleanup_server_connections: bool,
     pub statement_cache_size: usize,
+    pub max_prepared_statements: usize,
     pub idle_client_in_transaction_timeout: Option<Duration>,
     pub server_round_robin: bool,
     pub auth: ClientAuth,
@@ -354,6 +377,7 @@ impl PoolSettings {
             } else {
                 pool.prepared_statements_cache_size
             },
+            max_prepared_statements: g.max_prepared_statements,
             idle_client_in_transaction_timeout: config::millis(
                 g.idle_client_in_transaction_timeout,
             ),
@@ -402,10 +426,26 @@ pub struct UserPool {
     retired: Arc<AtomicBool>,
     /// Cancelled at retirement: wakes checkouts waiting on this pool.
     retired_signal: tokio_util::sync::CancellationToken,
-    /// Settings PostgreSQL reported on the first connection, sent to
-    /// clients at login.
-    server_params: tokio::sync::Mutex<Option<Arc<Params>>>,
+    /// What a client's startup settings come to, by the settings as the
+    /// client sent them: checked once on a server, then answered here.
+    logins: Mutex<HashMap<StartupSettings, Arc<LoginSettings>>>,
 }
+
+/// Startup settings as a client sent them, sorted.
+pub type StartupSettings = Vec<(String, String)>;
+
+/// A client's startup settings as PostgreSQL accepted and spells them,
+/// and the ParameterStatus values a client with them is told at login.
+#[derive(Debug)]
+pub struct LoginSettings {
+    pub settings: Arc<Settings>,
+    pub reported: Params,
+}
+
+/// Distinct sets of startup settings remembered per pool; past this the
+/// memory starts over (clients with unique settings per connection would
+/// otherwise grow it without bound).
+const LOGINS_KEPT: usize = 1024;
 
 impl UserPool {
     /// Builds the pools; connections open lazily (or up to min_pool_size
@@ -478,7 +518,7 @@ impl UserPool {
             state,
             retired,
             retired_signal: tokio_util::sync::CancellationToken::new(),
-            server_params: tokio::sync::Mutex::new(None),
+            logins: Mutex::new(HashMap::new()),
         }
     }
 
@@ -679,17 +719,18 @@ impl UserPool {
         })
     }
 
-    /// The settings to report to a client at login: from the first
-    /// server connection this pool made (opening one if needed).
-    pub async fn server_params(&self) -> Result<Arc<Params>, CheckoutError> {
-        let mut cached = self.server_params.lock().await;
-        if let Some(p) = cached.as_ref() {
-            return Ok(p.clone());
+    /// What these startup settings came to last time, if known.
+    pub fn known_login(&self, startup: &StartupSettings) -> Option<Arc<LoginSettings>> {
+        self.logins.lock().get(startup).cloned()
+    }
+
+    /// Remembers what startup settings came to.
+    pub fn remember_login(&self, startup: StartupSettings, login: Arc<LoginSettings>) {
+        let mut logins = self.logins.lock();
+        if logins.len() >= LOGINS_KEPT {
+            logins.clear();
         }
-        let conn = self.checkout().await?;
-        let params = Arc::new(conn.params.clone());
-        *cached = Some(params.clone());
-        Ok(params)
+        logins.insert(startup, login);
     }
 
     /// Server connections open and idle, over all servers.

@@ -326,9 +326,45 @@ pub fn parse_parameter_status(body: &[u8]) -> Result<(String, String), Malformed
     ))
 }
 
+/// The columns of a DataRow body, as text (None for NULL).
+pub fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, Malformed> {
+    if body.len() < 2 {
+        return Err(Malformed("DataRow"));
+    }
+    let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut rest = &body[2..];
+    let mut cols = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (len, after) = read_i32(rest, "DataRow")?;
+        if len < 0 {
+            cols.push(None);
+            rest = after;
+            continue;
+        }
+        let len = len as usize;
+        if after.len() < len {
+            return Err(Malformed("DataRow"));
+        }
+        cols.push(Some(String::from_utf8_lossy(&after[..len]).into_owned()));
+        rest = &after[len..];
+    }
+    Ok(cols)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_rows_are_read_as_text() {
+        let body = [0u8, 2, 0, 0, 0, 2, b'h', b'i', 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(
+            parse_data_row(&body).unwrap(),
+            vec![Some("hi".to_string()), None]
+        );
+        assert!(parse_data_row(&[0, 1, 0, 0, 0, 9, b'x']).is_err());
+        assert!(parse_data_row(&[0]).is_err());
+    }
 
     #[test]
     fn error_response_round_trip() {

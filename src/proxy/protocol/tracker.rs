@@ -1,16 +1,23 @@
 //! Follows the request/response pairing of one client's traffic on one
 //! server connection, so that the session knows when the server can go
 //! back to the pool, and so that pgcat can answer some messages itself
-//! (a Parse for a statement the server already has) or hide the replies
-//! to messages it added (a Parse it injected before a Bind).
+//! (a Parse for a statement the server already has), hide the replies to
+//! messages it added (a Parse it injected before a Bind), or put an error
+//! of its own where PostgreSQL would have raised one.
 //!
 //! Every message that gets a reply pushes one [`Expect`]; each reply pops
 //! it. After an ErrorResponse in the extended protocol the server skips
 //! everything until Sync, and so does the tracker.
+//!
+//! Expectations pushed with a *ticket* report how they ended, in the order
+//! they were pushed: done, failed (with the SQLSTATE) or skipped after an
+//! earlier error. The session keeps what each ticket stands for (the
+//! statement a Parse creates, a name it must forget if the Parse never
+//! ran) and settles it from these outcomes; the tracker stays generic.
 
 use std::collections::VecDeque;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::messages;
 
@@ -18,12 +25,14 @@ use super::messages;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
     /// ParseComplete. `swallow` hides it from the client (pgcat sent the
-    /// Parse); `statement` names the server-side statement it creates.
+    /// Parse).
     Parse {
         swallow: bool,
-        statement: Option<u64>,
+        ticket: bool,
     },
-    Bind,
+    Bind {
+        ticket: bool,
+    },
     /// ParameterDescription + RowDescription/NoData for a statement, or
     /// RowDescription/NoData for a portal.
     Describe,
@@ -31,14 +40,23 @@ pub enum Expect {
     Execute,
     Close {
         swallow: bool,
+        ticket: bool,
     },
     /// ReadyForQuery after a Sync.
     Sync,
     /// A simple Query or FunctionCall: everything up to ReadyForQuery.
-    Query,
+    Query {
+        ticket: bool,
+    },
     /// A reply pgcat writes itself when everything before it is answered.
-    Synthetic(Synthetic),
-    /// The client ended a COPY (CopyDone/CopyFail); no reply of its own.
+    Synthetic(Synthetic, bool),
+    /// pgcat injected a message that fails on purpose, so that the server
+    /// aborts the pipeline exactly as PostgreSQL would have for a client
+    /// message pgcat answers itself; the server's error is replaced by
+    /// the next error queued with [`Tracker::raise`].
+    Raise,
+    /// The end of a COPY (CopyDone/CopyFail) sent while other requests
+    /// were queued: keeps the queue in order, needs no reply of its own.
     CopyEnd,
 }
 
@@ -55,6 +73,16 @@ pub enum Action {
     Swallow,
 }
 
+/// How a ticketed expectation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// The server answered this message with an error (SQLSTATE).
+    Failed([u8; 5]),
+    /// The server never ran it: an earlier error skipped it.
+    Skipped,
+}
+
 #[derive(Debug)]
 pub struct Tracker {
     queue: VecDeque<Expect>,
@@ -67,10 +95,10 @@ pub struct Tracker {
     /// The server is in copy-in mode started by an Execute; it ignores
     /// Syncs until the client sends CopyDone or CopyFail.
     copy_in_extended: bool,
-    /// Statements whose Parse failed or was skipped after an error.
-    failed: Vec<u64>,
-    /// Statements whose Parse succeeded.
-    prepared: Vec<u64>,
+    /// Outcomes of ticketed expectations, oldest first.
+    outcomes: Vec<Outcome>,
+    /// ErrorResponses for the queued [`Expect::Raise`], in order.
+    raised: VecDeque<Bytes>,
 }
 
 impl Default for Tracker {
@@ -80,8 +108,8 @@ impl Default for Tracker {
             status: b'I',
             unsynced: false,
             copy_in_extended: false,
-            failed: Vec::new(),
-            prepared: Vec::new(),
+            outcomes: Vec::new(),
+            raised: VecDeque::new(),
         }
     }
 }
@@ -97,23 +125,26 @@ impl Tracker {
         self.status = b'I';
         self.unsynced = false;
         self.copy_in_extended = false;
-        self.failed.clear();
-        self.prepared.clear();
+        self.outcomes.clear();
+        self.raised.clear();
     }
 
-    /// Records a client message forwarded unchanged. Messages with
-    /// statement names that pgcat rewrites push their own [`Expect`].
+    /// Records a client message forwarded unchanged. Messages that pgcat
+    /// rewrites push their own [`Expect`].
     pub fn client_message(&mut self, tag: u8) {
         match tag {
-            b'Q' | b'F' => self.queue.push_back(Expect::Query),
+            b'Q' | b'F' => self.queue.push_back(Expect::Query { ticket: false }),
             b'P' => self.push_extended(Expect::Parse {
                 swallow: false,
-                statement: None,
+                ticket: false,
             }),
-            b'B' => self.push_extended(Expect::Bind),
+            b'B' => self.push_extended(Expect::Bind { ticket: false }),
             b'D' => self.push_extended(Expect::Describe),
             b'E' => self.push_extended(Expect::Execute),
-            b'C' => self.push_extended(Expect::Close { swallow: false }),
+            b'C' => self.push_extended(Expect::Close {
+                swallow: false,
+                ticket: false,
+            }),
             b'S' => {
                 self.unsynced = false;
                 if !self.copy_in_extended {
@@ -137,9 +168,46 @@ impl Tracker {
         self.queue.push_back(expect);
     }
 
+    /// Pushes the expectation of a simple Query pgcat forwards.
+    pub fn push_query(&mut self, ticket: bool) {
+        self.queue.push_back(Expect::Query { ticket });
+    }
+
+    /// Queues `error` (a whole ErrorResponse) to replace the server's
+    /// error for the failing message pgcat injects now.
+    pub fn raise(&mut self, error: Bytes) {
+        self.raised.push_back(error);
+        self.push_extended(Expect::Raise);
+    }
+
+    fn settle(&mut self, expect: Expect, outcome: Outcome) {
+        let ticketed = match expect {
+            Expect::Parse { ticket, .. }
+            | Expect::Bind { ticket }
+            | Expect::Close { ticket, .. }
+            | Expect::Query { ticket }
+            | Expect::Synthetic(_, ticket) => ticket,
+            Expect::Raise => {
+                self.raised.pop_front();
+                false
+            }
+            _ => false,
+        };
+        if ticketed {
+            self.outcomes.push(outcome);
+        }
+    }
+
+    fn pop_done(&mut self) {
+        if let Some(e) = self.queue.pop_front() {
+            self.settle(e, Outcome::Done);
+        }
+    }
+
     /// Records a server message; the caller forwards it or not, then calls
-    /// [`Tracker::emit_due`].
-    pub fn server_message(&mut self, tag: u8, body: &[u8]) -> Action {
+    /// [`Tracker::emit_due`]. An ErrorResponse for an [`Expect::Raise`] is
+    /// swallowed and its replacement written to `out` in its place.
+    pub fn server_message(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Action {
         let head = self.queue.front().copied();
         match tag {
             b'Z' => {
@@ -147,21 +215,19 @@ impl Tracker {
                 self.copy_in_extended = false;
                 while let Some(e) = self.queue.pop_front() {
                     match e {
-                        Expect::Sync | Expect::Query => break,
-                        Expect::Parse {
-                            statement: Some(s), ..
-                        } => self.failed.push(s),
-                        _ => {}
+                        Expect::Sync => break,
+                        Expect::Query { .. } => {
+                            self.settle(e, Outcome::Done);
+                            break;
+                        }
+                        _ => self.settle(e, Outcome::Skipped),
                     }
                 }
                 Action::Forward
             }
             b'1' => match head {
-                Some(Expect::Parse { swallow, statement }) => {
-                    self.queue.pop_front();
-                    if let Some(s) = statement {
-                        self.prepared.push(s);
-                    }
+                Some(Expect::Parse { swallow, .. }) => {
+                    self.pop_done();
                     if swallow {
                         Action::Swallow
                     } else {
@@ -171,12 +237,14 @@ impl Tracker {
                 _ => Action::Forward,
             },
             b'2' => {
-                self.pop_if(|e| e == Expect::Bind);
+                if matches!(head, Some(Expect::Bind { .. })) {
+                    self.pop_done();
+                }
                 Action::Forward
             }
             b'3' => match head {
-                Some(Expect::Close { swallow }) => {
-                    self.queue.pop_front();
+                Some(Expect::Close { swallow, .. }) => {
+                    self.pop_done();
                     if swallow {
                         Action::Swallow
                     } else {
@@ -186,11 +254,15 @@ impl Tracker {
                 _ => Action::Forward,
             },
             b'T' | b'n' => {
-                self.pop_if(|e| e == Expect::Describe);
+                if head == Some(Expect::Describe) {
+                    self.pop_done();
+                }
                 Action::Forward
             }
             b'C' | b'I' | b's' => {
-                self.pop_if(|e| e == Expect::Execute);
+                if head == Some(Expect::Execute) {
+                    self.pop_done();
+                }
                 Action::Forward
             }
             b'G' => {
@@ -199,17 +271,21 @@ impl Tracker {
                 }
                 Action::Forward
             }
-            b'E' => {
-                match head {
-                    None | Some(Expect::Sync) | Some(Expect::Query) => {}
-                    Some(Expect::Parse { swallow: true, .. }) => {
-                        // An injected Parse failed: the client must see why.
-                        self.skip_to_sync();
+            b'E' => match head {
+                None | Some(Expect::Sync) | Some(Expect::Query { .. }) => Action::Forward,
+                Some(Expect::Raise) => {
+                    if let Some(error) = self.raised.front() {
+                        out.extend_from_slice(error);
                     }
-                    Some(_) => self.skip_to_sync(),
+                    self.skip_to_sync(sqlstate(body));
+                    Action::Swallow
                 }
-                Action::Forward
-            }
+                Some(_) => {
+                    // Including an injected Parse: the client must see why.
+                    self.skip_to_sync(sqlstate(body));
+                    Action::Forward
+                }
+            },
             _ => Action::Forward,
         }
     }
@@ -217,14 +293,14 @@ impl Tracker {
     /// Writes the replies pgcat owes the client that are now due, and
     /// drops markers that need no reply.
     pub fn emit_due(&mut self, out: &mut BytesMut) {
-        while let Some(head) = self.queue.front() {
+        while let Some(&head) = self.queue.front() {
             match head {
-                Expect::Synthetic(Synthetic::ParseComplete) => messages::parse_complete(out),
-                Expect::Synthetic(Synthetic::CloseComplete) => messages::close_complete(out),
+                Expect::Synthetic(Synthetic::ParseComplete, _) => messages::parse_complete(out),
+                Expect::Synthetic(Synthetic::CloseComplete, _) => messages::close_complete(out),
                 Expect::CopyEnd => {}
                 _ => break,
             }
-            self.queue.pop_front();
+            self.pop_done();
         }
     }
 
@@ -233,7 +309,7 @@ impl Tracker {
     pub fn has_due(&self) -> bool {
         matches!(
             self.queue.front(),
-            Some(Expect::Synthetic(_)) | Some(Expect::CopyEnd)
+            Some(Expect::Synthetic(..)) | Some(Expect::CopyEnd)
         )
     }
 
@@ -247,7 +323,7 @@ impl Tracker {
     pub fn awaiting_replies(&self) -> bool {
         self.queue
             .iter()
-            .any(|e| !matches!(e, Expect::Synthetic(_) | Expect::CopyEnd))
+            .any(|e| !matches!(e, Expect::Synthetic(..) | Expect::CopyEnd))
     }
 
     pub fn unsynced(&self) -> bool {
@@ -258,44 +334,36 @@ impl Tracker {
         self.status
     }
 
-    /// Statements the server does not have after all; drained by the
-    /// session to correct its view of the server's statement cache.
-    pub fn take_failed(&mut self) -> Vec<u64> {
-        std::mem::take(&mut self.failed)
+    /// Whether ticketed expectations have ended since the last
+    /// [`Tracker::take_outcomes`].
+    pub fn has_outcomes(&self) -> bool {
+        !self.outcomes.is_empty()
     }
 
-    pub fn has_failed(&self) -> bool {
-        !self.failed.is_empty()
+    /// The outcomes of ticketed expectations, in the order they were
+    /// pushed. `into` is cleared first; swapping buffers keeps both
+    /// allocations.
+    pub fn take_outcomes(&mut self, into: &mut Vec<Outcome>) {
+        into.clear();
+        std::mem::swap(into, &mut self.outcomes);
     }
 
-    /// Statements PostgreSQL accepted since the last call.
-    pub fn take_prepared(&mut self) -> Vec<u64> {
-        std::mem::take(&mut self.prepared)
-    }
-
-    pub fn has_prepared(&self) -> bool {
-        !self.prepared.is_empty()
-    }
-
-    fn pop_if(&mut self, f: impl Fn(Expect) -> bool) {
-        if let Some(&head) = self.queue.front() {
-            if f(head) {
-                self.queue.pop_front();
-            }
-        }
-    }
-
-    /// After an error the server discards messages up to the next Sync.
-    fn skip_to_sync(&mut self) {
+    /// After an error the server discards messages up to the next Sync:
+    /// the head failed, the rest is skipped.
+    fn skip_to_sync(&mut self, code: [u8; 5]) {
+        let mut first = true;
         while let Some(&e) = self.queue.front() {
-            match e {
-                Expect::Sync | Expect::Query => break,
-                Expect::Parse {
-                    statement: Some(s), ..
-                } => self.failed.push(s),
-                _ => {}
+            if matches!(e, Expect::Sync | Expect::Query { .. }) {
+                break;
             }
             self.queue.pop_front();
+            let outcome = if first {
+                Outcome::Failed(code)
+            } else {
+                Outcome::Skipped
+            };
+            first = false;
+            self.settle(e, outcome);
         }
     }
 
@@ -320,12 +388,43 @@ impl Tracker {
     }
 }
 
+/// The SQLSTATE of an ErrorResponse body ("XX000" when absent).
+pub fn sqlstate(body: &[u8]) -> [u8; 5] {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        if field == b'C' && end == 5 {
+            let mut code = [0u8; 5];
+            code.copy_from_slice(&tail[..5]);
+            return code;
+        }
+        rest = tail.get(end + 1..).unwrap_or(&[]);
+    }
+    *b"XX000"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn server(t: &mut Tracker, tag: u8) -> Action {
-        t.server_message(tag, if tag == b'Z' { b"I" } else { b"" })
+        let mut out = BytesMut::new();
+        t.server_message(tag, if tag == b'Z' { b"I" } else { b"" }, &mut out)
+    }
+
+    fn error(code: &str) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        messages::error_response(&mut b, messages::Severity::Error, code, "boom");
+        b[5..].to_vec()
+    }
+
+    fn outcomes(t: &mut Tracker) -> Vec<Outcome> {
+        let mut v = Vec::new();
+        t.take_outcomes(&mut v);
+        v
     }
 
     #[test]
@@ -344,14 +443,15 @@ mod tests {
     #[test]
     fn transaction_keeps_server_until_idle_status() {
         let mut t = Tracker::new();
+        let mut out = BytesMut::new();
         t.client_message(b'Q');
-        t.server_message(b'C', b"");
-        t.server_message(b'Z', b"T");
+        t.server_message(b'C', b"", &mut out);
+        t.server_message(b'Z', b"T", &mut out);
         assert!(!t.is_idle());
         assert_eq!(t.status(), b'T');
         t.client_message(b'Q');
-        t.server_message(b'C', b"");
-        t.server_message(b'Z', b"I");
+        t.server_message(b'C', b"", &mut out);
+        t.server_message(b'Z', b"I", &mut out);
         assert!(t.is_idle());
     }
 
@@ -386,25 +486,38 @@ mod tests {
     }
 
     #[test]
-    fn error_skips_to_sync_and_reports_lost_statements() {
+    fn error_fails_the_head_and_skips_the_rest_to_sync() {
         let mut t = Tracker::new();
+        let mut out = BytesMut::new();
         t.push_extended(Expect::Parse {
             swallow: false,
-            statement: Some(1),
+            ticket: true,
         });
         t.push_extended(Expect::Parse {
             swallow: true,
-            statement: Some(2),
+            ticket: true,
         });
-        t.client_message(b'B');
+        t.push_extended(Expect::Bind { ticket: true });
         t.client_message(b'E');
         t.client_message(b'S');
-        assert_eq!(server(&mut t, b'E'), Action::Forward);
-        let mut failed = t.take_failed();
-        failed.sort();
-        assert_eq!(failed, vec![1, 2]);
+        t.push_extended(Expect::Parse {
+            swallow: false,
+            ticket: true,
+        });
+        t.client_message(b'S');
+        assert_eq!(server(&mut t, b'1'), Action::Forward);
+        let e = error("42601");
+        assert_eq!(t.server_message(b'E', &e, &mut out), Action::Forward);
+        assert_eq!(
+            outcomes(&mut t),
+            vec![Outcome::Done, Outcome::Failed(*b"42601"), Outcome::Skipped]
+        );
+        server(&mut t, b'Z');
+        assert!(!t.is_idle());
+        server(&mut t, b'1');
         server(&mut t, b'Z');
         assert!(t.is_idle());
+        assert_eq!(outcomes(&mut t), vec![Outcome::Done]);
     }
 
     #[test]
@@ -413,7 +526,7 @@ mod tests {
         let mut out = BytesMut::new();
         // Client: Parse(known) Bind Execute Sync. The Parse is answered by
         // pgcat; it must come before BindComplete.
-        t.push_extended(Expect::Synthetic(Synthetic::ParseComplete));
+        t.push_extended(Expect::Synthetic(Synthetic::ParseComplete, true));
         t.emit_due(&mut out);
         assert_eq!(&out[..], &[b'1', 0, 0, 0, 4]);
         out.clear();
@@ -421,11 +534,11 @@ mod tests {
         // Parse first.
         t.push_extended(Expect::Parse {
             swallow: true,
-            statement: Some(7),
+            ticket: true,
         });
         t.client_message(b'B');
         t.client_message(b'E');
-        t.push_extended(Expect::Synthetic(Synthetic::CloseComplete));
+        t.push_extended(Expect::Synthetic(Synthetic::CloseComplete, false));
         t.client_message(b'S');
         t.emit_due(&mut out);
         assert!(out.is_empty(), "close reply must wait for Execute's reply");
@@ -437,8 +550,69 @@ mod tests {
         assert_eq!(&out[..], &[b'3', 0, 0, 0, 4]);
         server(&mut t, b'Z');
         assert!(t.is_idle());
-        assert!(t.take_failed().is_empty());
-        assert_eq!(t.take_prepared(), vec![7]);
+        assert_eq!(outcomes(&mut t), vec![Outcome::Done, Outcome::Done]);
+    }
+
+    #[test]
+    fn synthetic_replies_after_an_error_are_skipped() {
+        let mut t = Tracker::new();
+        let mut out = BytesMut::new();
+        t.client_message(b'B');
+        t.client_message(b'E');
+        t.push_extended(Expect::Synthetic(Synthetic::CloseComplete, true));
+        t.client_message(b'S');
+        t.emit_due(&mut out);
+        assert!(out.is_empty());
+        t.server_message(b'E', &error("26000"), &mut out);
+        t.emit_due(&mut out);
+        assert!(out.is_empty(), "no CloseComplete after the error");
+        server(&mut t, b'Z');
+        assert_eq!(outcomes(&mut t), vec![Outcome::Skipped]);
+    }
+
+    #[test]
+    fn raise_replaces_the_servers_error_with_pgcats() {
+        let mut t = Tracker::new();
+        let mut out = BytesMut::new();
+        let mut mine = BytesMut::new();
+        messages::error_response(
+            &mut mine,
+            messages::Severity::Error,
+            "42P05",
+            "prepared statement \"s1\" already exists",
+        );
+        let mine = mine.freeze();
+        t.client_message(b'B');
+        t.client_message(b'E');
+        t.raise(mine.clone());
+        t.client_message(b'B');
+        t.client_message(b'S');
+        server(&mut t, b'2');
+        server(&mut t, b'C');
+        assert_eq!(
+            t.server_message(b'E', &error("26000"), &mut out),
+            Action::Swallow
+        );
+        assert_eq!(&out[..], &mine[..]);
+        server(&mut t, b'Z');
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn a_raise_skipped_by_an_earlier_error_says_nothing() {
+        let mut t = Tracker::new();
+        let mut out = BytesMut::new();
+        t.client_message(b'B');
+        t.raise(Bytes::from_static(b"never"));
+        t.client_message(b'S');
+        assert_eq!(
+            t.server_message(b'E', &error("22012"), &mut out),
+            Action::Forward
+        );
+        server(&mut t, b'Z');
+        assert!(out.is_empty());
+        assert!(t.raised.is_empty());
+        assert!(t.is_idle());
     }
 
     #[test]
@@ -453,6 +627,16 @@ mod tests {
         server(&mut t, b'T');
         server(&mut t, b'Z');
         assert!(t.is_idle());
+    }
+
+    #[test]
+    fn query_tickets_settle_at_ready_for_query() {
+        let mut t = Tracker::new();
+        t.push_query(true);
+        server(&mut t, b'C');
+        assert!(!t.has_outcomes());
+        server(&mut t, b'Z');
+        assert_eq!(outcomes(&mut t), vec![Outcome::Done]);
     }
 
     #[test]
@@ -511,5 +695,12 @@ mod tests {
             assert_eq!(server(&mut t, tag), Action::Forward);
         }
         assert!(t.is_idle());
+    }
+
+    #[test]
+    fn sqlstate_is_read_from_the_error_fields() {
+        assert_eq!(sqlstate(&error("42P05")), *b"42P05");
+        assert_eq!(sqlstate(b"\0"), *b"XX000");
+        assert_eq!(sqlstate(b"Cxx\0\0"), *b"XX000");
     }
 }

@@ -8,10 +8,10 @@ use ratatui::Terminal;
 
 use crate::proxy::mirror::MirrorSnapshot;
 use crate::proxy::net::SocketInfo;
-use crate::proxy::stats::{
-    Averages, ClientSnapshot, PoolServerSnapshot, PoolSnapshot, ReloadRecord, ServerSnapshot,
-    Snapshot, Totals,
+use crate::proxy::stats::snapshot::{
+    ClientSnapshot, PoolServerSnapshot, PoolSnapshot, ServerSnapshot, Snapshot,
 };
+use crate::proxy::stats::{Averages, ReloadRecord, Totals};
 use crate::tui::app::App;
 use crate::tui::keys::Key;
 use crate::tui::LogBuffer;

@@ -1,0 +1,458 @@
+//! Startup and authentication, and the client's startup settings: every
+//! parameter PostgreSQL would accept (including each `-c name=value` of
+//! `options`) becomes part of the client's session settings. A set of
+//! startup settings is checked once per pool on a real server, which
+//! either accepts it (and spells the values its way) or refuses the login
+//! with PostgreSQL's own error, naming the parameter.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use socket2::SockRef;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::{ClientState, ClientsGauge, Counts, Session, CLEANUP_TIMEOUT, LOGIN_TIMEOUT};
+use crate::proxy::auth::{self, ClientAuthError};
+use crate::proxy::net::SocketSettings;
+use crate::proxy::pool::{CheckoutError, LoginSettings, Lookup, UserPool};
+use crate::proxy::protocol::messages::{self, StartupPacket};
+use crate::proxy::protocol::settings::{apply_sql, parse_options, readback_settings_sql, Settings};
+use crate::proxy::protocol::tracker::Tracker;
+use crate::proxy::server::ServerError;
+use crate::proxy::stats::{KillSwitch, NewClient, PoolStats};
+use crate::proxy::{wire, Shared};
+
+/// Startup parameters that are not settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// Startup and authentication; returns the session of a logged-in client.
+pub(super) async fn login(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    kill: KillSwitch,
+) -> Option<Session> {
+    let config = shared.config.load_full();
+    let socket = SocketSettings::from_general(&config.general);
+    if let Err(e) = socket.apply(SockRef::from(&stream)) {
+        tracing::debug!(%peer, error = %e, "could not set client socket options");
+    }
+    let mut buf = BytesMut::new();
+    let startup = tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        startup(&mut stream, &mut buf, &shared, &socket),
+    )
+    .await;
+    let params = match startup {
+        Ok(Ok(Some(params))) => params,
+        Ok(Ok(None)) => return None,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "client startup failed");
+            return None;
+        }
+        Err(_) => {
+            refuse(&mut stream, "08006", "timeout during startup").await;
+            return None;
+        }
+    };
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let Some(user) = get("user").filter(|u| !u.is_empty()) else {
+        refuse(
+            &mut stream,
+            "28000",
+            "no PostgreSQL user name specified in startup packet",
+        )
+        .await;
+        return None;
+    };
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    if get("replication").is_some_and(|v| v != "false" && v != "0") {
+        refuse(
+            &mut stream,
+            "08P01",
+            "pgcat does not support replication connections",
+        )
+        .await;
+        return None;
+    }
+    if config.general.log_client_connections {
+        tracing::info!(%peer, %user, %database, "client connected");
+    }
+    if database == "pgcat" || database == "pgbouncer" {
+        // Admin sessions do not hold up a shutdown's drain: they run
+        // apart and end when the proxy does.
+        let (switch, entry) = shared.tasks.enroll();
+        let login = crate::proxy::admin::AdminLogin {
+            peer,
+            user,
+            database,
+            application_name: get("application_name").unwrap_or_default(),
+            kill: switch.clone(),
+        };
+        let tasks = shared.admin_tasks.clone();
+        let task = tasks.spawn(async move {
+            let _running = entry;
+            crate::proxy::admin::serve(stream, buf, login, shared).await;
+        });
+        switch.arm(task.abort_handle());
+        return None;
+    }
+    if shared.is_shutting_down() {
+        refuse(&mut stream, "57P01", "pgcat is shutting down").await;
+        return None;
+    }
+    let startup_settings =
+        match startup_settings(&params, &config.general.ignore_startup_parameters) {
+            Ok(s) => s,
+            Err(msg) => {
+                refuse(&mut stream, "0A000", &msg).await;
+                return None;
+            }
+        };
+    let pool = match shared.pools.load().lookup(&database, &user) {
+        Lookup::Found(p) => p,
+        Lookup::NoDatabase => {
+            refuse(
+                &mut stream,
+                "3D000",
+                &format!("database \"{database}\" does not exist"),
+            )
+            .await;
+            return None;
+        }
+        Lookup::NoUser => {
+            refuse(
+                &mut stream,
+                "28000",
+                &format!("role \"{user}\" does not exist"),
+            )
+            .await;
+            return None;
+        }
+    };
+    let auth = tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        auth::authenticate_client(&mut stream, &mut buf, &user, &pool.settings.auth),
+    )
+    .await;
+    match auth {
+        Ok(Ok(())) => {}
+        Ok(Err(ClientAuthError::Io(_))) => return None,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, %user, %database, error = %e, "client authentication failed");
+            refuse(&mut stream, e.sqlstate(), &e.to_string()).await;
+            return None;
+        }
+        Err(_) => {
+            refuse(&mut stream, "08006", "timeout during authentication").await;
+            return None;
+        }
+    }
+    let mut pool = pool;
+    let login_settings = loop {
+        match login_settings(&pool, startup_settings.clone()).await {
+            Ok(l) => break l,
+            Err(LoginError::Checkout(CheckoutError::Retired)) => {
+                // Replaced by a reload during the login: use the new one.
+                match shared.pools.load().lookup(&database, &user) {
+                    Lookup::Found(p) => pool = p,
+                    _ => {
+                        refuse(
+                            &mut stream,
+                            "08006",
+                            "pgcat: the pool was removed by a reload",
+                        )
+                        .await;
+                        return None;
+                    }
+                }
+            }
+            Err(LoginError::Refused(code, message)) => {
+                tracing::info!(%peer, %user, %database, %message, "startup settings refused");
+                refuse(&mut stream, &code, &message).await;
+                return None;
+            }
+            Err(e) => {
+                refuse(&mut stream, "08006", &format!("pgcat: {e}")).await;
+                return None;
+            }
+        }
+    };
+
+    let reported = login_settings.reported.clone();
+    let (info, registered) = shared.registry.add_client(NewClient {
+        peer,
+        local: stream.local_addr().unwrap_or(peer),
+        db: database.clone(),
+        user: user.clone(),
+        admin: false,
+        application_name: reported
+            .get("application_name")
+            .unwrap_or_default()
+            .to_string(),
+        kill,
+        fd: {
+            use std::os::fd::AsRawFd;
+            stream.as_raw_fd()
+        },
+    });
+    let registration = shared.cancel.register(info.clone());
+    let mut out = BytesMut::with_capacity(512);
+    messages::auth_ok(&mut out);
+    for (k, v) in reported.iter() {
+        messages::parameter_status(&mut out, k, v);
+    }
+    messages::backend_key_data(&mut out, registration.pid, registration.secret);
+    messages::ready_for_query(&mut out, b'I');
+    if stream.write_all(&out).await.is_err() {
+        return None;
+    }
+    let state = pool.state.clone();
+    PoolStats::add(&state.stats.client_logins, 1);
+    let mut session = Session {
+        _registered: registered,
+        _cancel_key: registration,
+        _logged_in: ClientsGauge::new(state.clone()),
+        log_disconnect: config.general.log_client_disconnections,
+        client: stream,
+        cbuf: buf,
+        to_server: BytesMut::new(),
+        to_client: BytesMut::new(),
+        sbuf: BytesMut::new(),
+        tracker: Tracker::new(),
+        client_left: 0,
+        server_left: 0,
+        mode: pool.settings.mode,
+        db: database,
+        user,
+        pool: None,
+        cached_pool: None,
+        cleanup_server_connections: false,
+        statement_cache_size: 0,
+        max_prepared_statements: 0,
+        server_user: Arc::from(""),
+        state,
+        info,
+        cs: Box::new(ClientState {
+            settings: login_settings.settings.clone(),
+            reported,
+            ..Default::default()
+        }),
+        held: Box::default(),
+        shared: shared.clone(),
+        skipping: false,
+        counts: Counts::default(),
+        request_started: None,
+        xact_started: None,
+    };
+    session.adopt_pool_settings(&pool);
+    Some(session)
+}
+
+/// Reads the startup packet, answering SSLRequest/GSSENCRequest with `N`
+/// and handling CancelRequest. Returns the startup parameters, or None
+/// when the connection is done.
+async fn startup(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    socket: &SocketSettings,
+) -> io::Result<Option<Vec<(String, String)>>> {
+    loop {
+        let packet = match wire::read_startup(stream, buf).await {
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                refuse(
+                    stream,
+                    "08P01",
+                    &format!(
+                        "invalid startup packet: {}",
+                        e.into_inner().map(|e| e.to_string()).unwrap_or_default()
+                    ),
+                )
+                .await;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        match messages::parse_startup(&packet) {
+            Ok(StartupPacket::SslRequest) | Ok(StartupPacket::GssEncRequest) => {
+                stream.write_all(b"N").await?;
+            }
+            Ok(StartupPacket::Cancel { pid, secret }) => {
+                shared
+                    .cancel
+                    .cancel(pid, secret, &shared.registry, socket)
+                    .await;
+                return Ok(None);
+            }
+            Ok(StartupPacket::Unsupported(code)) => {
+                refuse(
+                    stream,
+                    "0A000",
+                    &format!(
+                        "unsupported frontend protocol {}.{}: server supports 3.0",
+                        code >> 16,
+                        code & 0xffff
+                    ),
+                )
+                .await;
+                return Ok(None);
+            }
+            Ok(StartupPacket::Startup { minor, params }) => {
+                let unknown: Vec<String> = params
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("_pq_."))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                if minor > 0 || !unknown.is_empty() {
+                    let mut out = BytesMut::new();
+                    messages::negotiate_protocol_version(&mut out, 0, &unknown);
+                    stream.write_all(&out).await?;
+                }
+                return Ok(Some(params));
+            }
+            Err(e) => {
+                refuse(stream, "08P01", &format!("invalid startup packet: {e}")).await;
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Sends a FATAL error and gives up on the connection.
+pub(super) async fn refuse(stream: &mut TcpStream, code: &str, message: &str) {
+    let mut out = BytesMut::new();
+    auth::refuse(&mut out, code, message);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
+}
+
+/// The settings a startup packet asks for: every parameter but the few
+/// that are not settings, and each setting in `options`, minus those
+/// `ignore` names (PgBouncer's `ignore_startup_parameters`). Sorted, so
+/// that equal sets compare equal.
+fn startup_settings(
+    params: &[(String, String)],
+    ignore: &[String],
+) -> Result<Vec<(String, String)>, String> {
+    let ignored = |name: &str| ignore.iter().any(|i| i.eq_ignore_ascii_case(name));
+    let mut out = Vec::new();
+    for (k, v) in params {
+        if k.starts_with("_pq_.") || ignored(k) {
+            continue;
+        }
+        if k == "options" {
+            for (name, value) in parse_options(v)? {
+                if !ignored(&name) {
+                    out.push((name, value));
+                }
+            }
+        } else if !NOT_SETTINGS.contains(&k.as_str()) {
+            out.push((k.clone(), v.clone()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LoginError {
+    #[error("{0}")]
+    Checkout(#[from] CheckoutError),
+    #[error("{0}")]
+    Server(#[from] ServerError),
+    /// PostgreSQL refused a startup setting: (SQLSTATE, message).
+    #[error("{1}")]
+    Refused(String, String),
+}
+
+/// What `startup` comes to on this pool's servers: remembered from an
+/// earlier login with the same settings, or found by applying them on a
+/// server and reading them back.
+async fn login_settings(
+    pool: &UserPool,
+    startup: Vec<(String, String)>,
+) -> Result<Arc<LoginSettings>, LoginError> {
+    if let Some(known) = pool.known_login(&startup) {
+        return Ok(known);
+    }
+    let mut server = pool.checkout().await?;
+    let target = Settings::from_pairs(startup.clone());
+    let settings = match apply_sql(&server.settings, &target) {
+        None if *server.settings == target => server.settings.clone(),
+        sql => {
+            if let Some(sql) = sql {
+                match server.run(&sql, CLEANUP_TIMEOUT).await {
+                    Ok(()) => {}
+                    Err(ServerError::Postgres(f)) => {
+                        // All or nothing: the server kept its settings.
+                        return Err(LoginError::Refused(f.code, f.message));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let sql = readback_settings_sql(&pool.settings.login.user, target.custom_names());
+            let rows = server.query_rows(&sql, CLEANUP_TIMEOUT).await?;
+            let settings = Arc::new(super::state::settings_from_rows(&rows));
+            server.settings = settings.clone();
+            settings
+        }
+    };
+    let login = Arc::new(LoginSettings {
+        settings,
+        reported: server.params.clone(),
+    });
+    drop(server);
+    pool.remember_login(startup, login.clone());
+    Ok(login)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn startup_settings_take_every_parameter_and_each_option() {
+        let params = p(&[
+            ("user", "app"),
+            ("database", "app"),
+            ("application_name", "psql"),
+            ("options", "-c search_path=tenant_x --work-mem=1MB"),
+            ("extra_float_digits", "3"),
+            ("_pq_.compression", "on"),
+        ]);
+        let s = startup_settings(&params, &[]).unwrap();
+        assert_eq!(
+            s,
+            p(&[
+                ("application_name", "psql"),
+                ("extra_float_digits", "3"),
+                ("search_path", "tenant_x"),
+                ("work_mem", "1MB"),
+            ])
+        );
+        let s =
+            startup_settings(&params, &["Extra_Float_Digits".into(), "options".into()]).unwrap();
+        assert_eq!(s, p(&[("application_name", "psql")]));
+        let bad = p(&[("user", "a"), ("options", "-B 10")]);
+        assert!(startup_settings(&bad, &[]).is_err());
+    }
+}

@@ -1,0 +1,635 @@
+//! One client session: startup -> authentication -> idle <-> holding a
+//! server -> gone.
+//!
+//! - `login`: startup packet, authentication, the client's startup
+//!   settings.
+//! - `pump`: the hot path. While the client holds a server connection,
+//!   bytes move both ways in one task; only 5-byte headers are parsed
+//!   (plus the few bodies that matter) and whole runs of messages are
+//!   forwarded with one write.
+//! - `statements`: transaction mode's rewriting of messages that name
+//!   prepared statements, the client's unnamed statement, and the
+//!   settling of what each injected message did.
+//! - `state`: the client's session state (settings, reported parameters)
+//!   applied to each server it lands on, read back after transactions that
+//!   changed it, and everything else cleaned before another client gets
+//!   the server.
+//!
+//! In transaction mode the server goes back to the pool at the first idle
+//! ReadyForQuery that answers everything the client sent.
+
+mod login;
+mod pump;
+mod state;
+mod statements;
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::config::PoolMode;
+use super::pool::{CheckoutError, Lookup, PoolState, PooledServer, UserPool};
+use super::protocol::codec::{client_limit, peek_header, FrameError};
+use super::protocol::effects::Effects;
+use super::protocol::messages::{self, Severity};
+use super::protocol::settings::Settings;
+use super::protocol::statements::{ClientStatements, Unnamed};
+use super::protocol::tracker::{Outcome as TicketOutcome, Tracker};
+use super::server::Params;
+use super::stats::{ClientInfo, GaugeGuard, KillSwitch, PoolStats, Registration, ServerState};
+use super::{buffers, Shared};
+
+/// A client must finish startup and authentication within this time.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes asked of the kernel per read.
+const READ_SIZE: usize = 16 * 1024;
+/// Messages larger than this are forwarded as they arrive instead of
+/// being buffered whole.
+const STREAM_THRESHOLD: usize = 64 * 1024;
+/// Stop reading from one side while this much is waiting to be written
+/// to the other.
+const HIGH_WATER: usize = 256 * 1024;
+/// Bound on pgcat's own queries: settings, readback, cleanup.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Entry point for an accepted connection. `kill` ends the session at
+/// once (admin KILL, forced shutdown).
+pub async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, kill: KillSwitch) {
+    // Login runs in its own allocation, freed when it is done: the task
+    // of an idle client keeps only the session and its idle wait.
+    let Some(mut session) = Box::pin(login::login(stream, peer, shared, kill)).await else {
+        return;
+    };
+    let end = session.run().await;
+    if session.log_disconnect {
+        tracing::info!(%peer, user = %session.user, database = %session.db, reason = ?end, "client disconnected");
+    }
+}
+
+/// One logged-in client in its (pool, user)'s gauge, for as long as the
+/// session lives.
+struct ClientsGauge(Arc<PoolState>);
+
+impl ClientsGauge {
+    fn new(state: Arc<PoolState>) -> Self {
+        state
+            .stats
+            .clients
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ClientsGauge(state)
+    }
+}
+
+impl Drop for ClientsGauge {
+    fn drop(&mut self) {
+        self.0
+            .stats
+            .clients
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    ClientGone,
+    ClientProtocol(String),
+    ServerFailed(String),
+    NoServer(String),
+    PoolRemoved(String),
+    Shutdown,
+}
+
+/// What stopped the pump.
+#[derive(Debug)]
+enum Outcome {
+    /// Transaction mode: the server can go back to the pool.
+    Released,
+    /// Shutting down and the session-mode client is between transactions.
+    Shutdown,
+    ClientGone,
+    ClientProtocol(FrameErrorOrMalformed),
+    ServerFailed(io::Error),
+}
+
+#[derive(Debug)]
+enum FrameErrorOrMalformed {
+    Frame(FrameError),
+    Malformed(&'static str),
+}
+
+impl std::fmt::Display for FrameErrorOrMalformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameErrorOrMalformed::Frame(e) => write!(f, "{e}"),
+            FrameErrorOrMalformed::Malformed(what) => write!(f, "malformed {what} message"),
+        }
+    }
+}
+
+/// The state that belongs to the client, not to any server: what it has
+/// set and prepared, as a direct connection would keep it. Boxed apart
+/// from the IO state so an idle session stays small.
+#[derive(Debug, Default)]
+struct ClientState {
+    /// Session-level settings, as PostgreSQL spells them.
+    settings: Arc<Settings>,
+    /// The ParameterStatus values the client was told last.
+    reported: Params,
+    /// Transaction mode: named statements by the client's names.
+    statements: ClientStatements,
+    /// Transaction mode: the client's unnamed statement.
+    unnamed: Option<Arc<Unnamed>>,
+}
+
+/// Bookkeeping for the server held right now, reset at each checkout.
+#[derive(Debug, Default)]
+struct Held {
+    /// What each ticketed expectation stands for, oldest first.
+    tickets: VecDeque<statements::Ticket>,
+    /// Outcomes taken from the tracker, reused between batches.
+    outcomes: Vec<TicketOutcome>,
+    /// What this checkout did to session state, so far.
+    effects: Effects,
+    /// Custom setting names seen in query texts, to read back.
+    names: Vec<Box<str>>,
+    /// The server's unnamed statement once everything sent is answered.
+    unnamed_latest: Option<Arc<Unnamed>>,
+    /// Tickets still open that change the server's unnamed statement.
+    unnamed_pending: usize,
+    /// The client's unnamed statement and the server's are one: the
+    /// client has used or replaced it on this server.
+    unnamed_linked: bool,
+}
+
+struct Session {
+    /// First field, so dropped first: the registry entry (whose socket
+    /// a shutdown may touch) goes before the socket closes.
+    _registered: Registration,
+    /// The client's cancel key, valid while the session lives.
+    _cancel_key: super::cancel::Registration,
+    /// Counts the client in its pool's gauge while it is logged in.
+    _logged_in: ClientsGauge,
+    log_disconnect: bool,
+    client: TcpStream,
+    /// Bytes read from the client and not yet handled.
+    cbuf: BytesMut,
+    to_server: BytesMut,
+    to_client: BytesMut,
+    /// Bytes read from the server and not yet handled.
+    sbuf: BytesMut,
+    tracker: Tracker,
+    /// Bytes of a large client message still to pass through unread.
+    client_left: usize,
+    /// Same for a large server message.
+    server_left: usize,
+    mode: PoolMode,
+    db: String,
+    user: String,
+    /// The pool of the server held right now. Not kept between
+    /// transactions, so that a pool replaced by a reload is released as
+    /// soon as its last transaction ends.
+    pool: Option<Arc<UserPool>>,
+    /// The pool the last checkout found, with the generation of the pool
+    /// set it was found in: saves the name lookup while no reload ran.
+    cached_pool: Option<(u64, Arc<UserPool>)>,
+    cleanup_server_connections: bool,
+    statement_cache_size: usize,
+    max_prepared_statements: usize,
+    /// The user pgcat logs in to servers as (a different session user
+    /// means the client ran SET SESSION AUTHORIZATION).
+    server_user: Arc<str>,
+    /// Counters and pause flag of this (pool, user); outlive reloads.
+    state: Arc<PoolState>,
+    info: Arc<ClientInfo>,
+    /// The client's own session state.
+    cs: Box<ClientState>,
+    /// Bookkeeping for the server held now.
+    held: Box<Held>,
+    shared: Arc<Shared>,
+    /// After an error answered without a server: drop messages up to the
+    /// next Sync, as PostgreSQL does after an error.
+    skipping: bool,
+    /// Counted locally and added to the pool's totals at release.
+    counts: Counts,
+    /// When the request in flight (messages sent, replies owed) began.
+    request_started: Option<Instant>,
+    /// When the transaction in progress began.
+    xact_started: Option<Instant>,
+}
+
+/// Per-session counts, added to the pool's totals once per transaction.
+#[derive(Debug, Default)]
+struct Counts {
+    queries: u64,
+    xacts: u64,
+    xact_time_us: u64,
+    query_time_us: u64,
+    client_parses: u64,
+    server_parses: u64,
+    binds: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl Session {
+    /// Serves the client until it leaves. Between transactions (and
+    /// before the first query in session mode) no server is held; a
+    /// session-mode pump only returns when the session ends.
+    async fn run(&mut self) -> SessionEnd {
+        loop {
+            if self.cbuf.is_empty() {
+                // A shutdown wakes idle sessions by closing the read side
+                // of their sockets (see Registry::wake_idle_clients).
+                if self.shared.is_shutting_down() {
+                    self.fatal("57P01", "pgcat is shutting down").await;
+                    return SessionEnd::Shutdown;
+                }
+                // Idle: hold no buffers while the client is quiet.
+                self.release_buffers();
+                if self.client.readable().await.is_err() {
+                    return SessionEnd::ClientGone;
+                }
+                if self.shared.is_shutting_down() {
+                    continue;
+                }
+            }
+            // Everything a request needs beyond the wait above runs in its
+            // own allocation, so an idle session holds only that wait.
+            if let Some(end) = Box::pin(self.serve()).await {
+                return end;
+            }
+        }
+    }
+
+    /// Works on what the client sent: answers it locally, or checks out a
+    /// server and pumps until the transaction (transaction mode) or the
+    /// session (session mode) ends. Some(end) ends the session.
+    async fn serve(&mut self) -> Option<SessionEnd> {
+        if !self.first_message_ready() {
+            if !self.read_client().await {
+                return Some(SessionEnd::ClientGone);
+            }
+            return None;
+        }
+        match peek_header(&self.cbuf, client_limit) {
+            Err(e) => {
+                let msg = format!("invalid message from client: {e}");
+                self.fatal("08P01", &msg).await;
+                return Some(SessionEnd::ClientProtocol(msg));
+            }
+            Ok(Some(h)) if h.tag == b'X' => return Some(SessionEnd::ClientGone),
+            _ => {}
+        }
+        if self.skipping {
+            if let Err(e) = self.skip_until_sync().await {
+                return Some(e);
+            }
+            return None;
+        }
+
+        if self.mode == PoolMode::Transaction && self.prepare_locally() {
+            if self.flush_client().await.is_err() {
+                return Some(SessionEnd::ClientGone);
+            }
+            return None;
+        }
+
+        let mut server = match self.checkout().await {
+            Ok(s) => s,
+            Err(SessionEnd::NoServer(msg)) => {
+                // The client may retry: answer this request with an
+                // error and keep the session.
+                self.error_response("53300", &msg);
+                self.skipping = true;
+                if let Err(e) = self.skip_until_sync().await {
+                    return Some(e);
+                }
+                return None;
+            }
+            Err(end) => return Some(end),
+        };
+
+        let state = self.state.clone();
+        let _active = GaugeGuard::new(&state.stats.clients_active);
+        let outcome = self.pump(&mut server).await;
+        self.flush_counters();
+        match outcome {
+            Outcome::Released => {
+                self.info.set_idle();
+                server.last_used = super::stats::coarse_ms();
+                // The request ended cleanly: the connection may go back.
+                server.broken = false;
+                self.pool = None;
+                if self.held.effects.is_empty() {
+                    drop(server);
+                    if self.flush_client().await.is_err() {
+                        return Some(SessionEnd::ClientGone);
+                    }
+                } else {
+                    // The client gets its answer first; then pgcat reads
+                    // back or cleans what the transaction changed before
+                    // anyone else gets this server.
+                    let flushed = self.flush_client().await;
+                    self.settle_session_state(&mut server).await;
+                    drop(server);
+                    if flushed.is_err() {
+                        return Some(SessionEnd::ClientGone);
+                    }
+                }
+            }
+            Outcome::ClientGone => {
+                return Some(self.end(server, SessionEnd::ClientGone).await);
+            }
+            Outcome::Shutdown => {
+                let _ = self.flush_client().await;
+                self.fatal("57P01", "pgcat is shutting down").await;
+                return Some(self.end(server, SessionEnd::Shutdown).await);
+            }
+            Outcome::ClientProtocol(e) => {
+                let msg = format!("invalid message from client: {e}");
+                self.fatal("08P01", &msg).await;
+                return Some(self.end(server, SessionEnd::ClientProtocol(msg)).await);
+            }
+            Outcome::ServerFailed(e) => {
+                server.broken = true;
+                self.info.set_idle();
+                drop(server);
+                self.pool = None;
+                let msg = format!("server connection lost: {e}");
+                tracing::warn!(db = %self.db, user = %self.user, error = %e, "server connection failed while in use");
+                let _ = self.flush_client().await;
+                self.fatal("08006", &msg).await;
+                return Some(SessionEnd::ServerFailed(msg));
+            }
+        }
+        None
+    }
+
+    /// Gives the IO buffers back to the thread's free list.
+    fn release_buffers(&mut self) {
+        buffers::release(&mut self.cbuf);
+        buffers::release(&mut self.to_server);
+        buffers::release(&mut self.to_client);
+        buffers::release(&mut self.sbuf);
+    }
+
+    async fn checkout(&mut self) -> Result<PooledServer, SessionEnd> {
+        loop {
+            match self.checkout_current().await {
+                Err(CheckoutError::Retired) => continue,
+                Err(e) => {
+                    self.info.set_idle();
+                    return Err(SessionEnd::NoServer(e.to_string()));
+                }
+                Ok(Ok(server)) => return Ok(server),
+                Ok(Err(end)) => return Err(end),
+            }
+        }
+    }
+
+    /// One checkout from the pool that is current now. The outer error is
+    /// the pool's; the inner one ends the session.
+    async fn checkout_current(
+        &mut self,
+    ) -> Result<Result<PooledServer, SessionEnd>, CheckoutError> {
+        // A reload may have replaced the pool: every checkout goes to the
+        // current one. The set's generation says whether the pool found
+        // last time still is.
+        let current = self
+            .shared
+            .pools_generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        let cached = self
+            .cached_pool
+            .as_ref()
+            .filter(|(generation, _)| *generation == current)
+            .map(|(_, p)| p.clone());
+        let (found, generation) = match cached {
+            Some(p) => (Lookup::Found(p), current),
+            None => {
+                let set = self.shared.pools.load();
+                (set.lookup(&self.db, &self.user), set.generation)
+            }
+        };
+        let pool = match found {
+            Lookup::Found(p) => {
+                if self
+                    .cached_pool
+                    .as_ref()
+                    .is_none_or(|(_, c)| !Arc::ptr_eq(c, &p))
+                {
+                    self.adopt_pool_settings(&p);
+                    self.cached_pool = Some((generation, p.clone()));
+                }
+                p
+            }
+            _ => {
+                let msg = format!(
+                    "pool for database \"{}\" user \"{}\" was removed from the config",
+                    self.db, self.user
+                );
+                self.fatal("08006", &msg).await;
+                return Ok(Err(SessionEnd::PoolRemoved(msg)));
+            }
+        };
+        self.info.set_waiting();
+        let mut server = {
+            let _waiting = GaugeGuard::new(&self.state.stats.clients_waiting);
+            pool.checkout().await?
+        };
+        // Until the transaction ends cleanly the connection counts as
+        // broken: if this session is dropped mid-request (KILL, forced
+        // shutdown), bb8 closes it instead of handing it to someone else.
+        server.broken = true;
+        server.info.set_state(ServerState::Active, self.info.id);
+        self.info.set_active(server.info.id);
+        self.pool = Some(pool);
+        self.tracker.reset();
+        if let Err(e) = self.enter(&mut server).await {
+            let msg = format!("could not apply client settings on the server: {e}");
+            self.info.set_idle();
+            self.fatal("08006", &msg).await;
+            return Ok(Err(SessionEnd::ServerFailed(msg)));
+        }
+        Ok(Ok(server))
+    }
+
+    fn adopt_pool_settings(&mut self, p: &UserPool) {
+        self.mode = p.settings.mode;
+        self.cleanup_server_connections = p.settings.cleanup_server_connections;
+        self.statement_cache_size = p.settings.statement_cache_size;
+        self.max_prepared_statements = p.settings.max_prepared_statements;
+        self.server_user = p.settings.login.user.as_str().into();
+        self.state = p.state.clone();
+    }
+
+    /// Ends the session, bringing the server it held back to a clean
+    /// state (or marking it broken) before it returns to the pool.
+    async fn end(&mut self, mut server: PooledServer, end: SessionEnd) -> SessionEnd {
+        self.cleanup(&mut server).await;
+        server.last_used = super::stats::coarse_ms();
+        self.info.set_idle();
+        drop(server);
+        self.pool = None;
+        end
+    }
+
+    /// After an error answered without a server: drop the client's
+    /// messages up to the next Sync (or a simple Query), then report
+    /// ReadyForQuery. Reads as it goes, so a large message being skipped
+    /// is consumed as it arrives.
+    async fn skip_until_sync(&mut self) -> Result<(), SessionEnd> {
+        loop {
+            let h = match peek_header(&self.cbuf, client_limit) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => return Err(SessionEnd::ClientProtocol(e.to_string())),
+            };
+            if self.cbuf.len() < h.total {
+                // Drop what has arrived of it; the rest is dropped as it
+                // comes, never re-examined.
+                self.client_left = h.total - self.cbuf.len();
+                self.cbuf.clear();
+                while self.client_left > 0 {
+                    self.cbuf.clear();
+                    if !self.read_client().await {
+                        return Err(SessionEnd::ClientGone);
+                    }
+                    let n = self.client_left.min(self.cbuf.len());
+                    self.client_left -= n;
+                    let _ = self.cbuf.split_to(n);
+                }
+                if matches!(h.tag, b'S' | b'Q' | b'F') {
+                    self.skipping = false;
+                    messages::ready_for_query(&mut self.to_client, b'I');
+                    break;
+                }
+                continue;
+            }
+            let _ = self.cbuf.split_to(h.total);
+            match h.tag {
+                b'X' => return Err(SessionEnd::ClientGone),
+                b'S' | b'Q' | b'F' => {
+                    self.skipping = false;
+                    messages::ready_for_query(&mut self.to_client, b'I');
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if self.flush_client().await.is_err() {
+            return Err(SessionEnd::ClientGone);
+        }
+        Ok(())
+    }
+
+    fn error_response(&mut self, code: &str, message: &str) {
+        messages::error_response(&mut self.to_client, Severity::Error, code, message);
+    }
+
+    async fn fatal(&mut self, code: &str, message: &str) {
+        messages::error_response(&mut self.to_client, Severity::Fatal, code, message);
+        let _ = self.flush_client().await;
+        let _ = self.client.shutdown().await;
+    }
+
+    async fn flush_client(&mut self) -> io::Result<()> {
+        if !self.to_client.is_empty() {
+            self.counts.bytes_out += self.to_client.len() as u64;
+            let r = self.client.write_all(&self.to_client).await;
+            self.to_client.clear();
+            r?;
+        }
+        if self.to_client.capacity() > HIGH_WATER {
+            self.to_client = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    fn flush_counters(&mut self) {
+        let s = &self.state.stats;
+        let c = std::mem::take(&mut self.counts);
+        PoolStats::add(&s.xact_count, c.xacts);
+        PoolStats::add(&s.xact_time_us, c.xact_time_us);
+        PoolStats::add(&s.query_count, c.queries);
+        PoolStats::add(&s.query_time_us, c.query_time_us);
+        PoolStats::add(&s.client_parse_count, c.client_parses);
+        PoolStats::add(&s.server_parse_count, c.server_parses);
+        PoolStats::add(&s.bind_count, c.binds);
+        PoolStats::add(&s.bytes_received, c.bytes_in);
+        PoolStats::add(&s.bytes_sent, c.bytes_out);
+    }
+
+    /// A ReadyForQuery arrived: close the request (and the transaction,
+    /// when the server is idle again) for the statistics.
+    fn on_ready_for_query(&mut self) {
+        if self.tracker.awaiting_replies() {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(t) = self.request_started.take() {
+            self.counts.query_time_us += now.duration_since(t).as_micros() as u64;
+        }
+        if self.tracker.status() == b'I' {
+            if let Some(t) = self.xact_started.take() {
+                self.counts.xacts += 1;
+                self.counts.xact_time_us += now.duration_since(t).as_micros() as u64;
+            }
+            // Session mode keeps the server for hours: publish per
+            // transaction rather than per checkout.
+            if self.mode == PoolMode::Session {
+                self.flush_counters();
+            }
+        }
+    }
+
+    /// A message that expects a reply went to the server.
+    fn on_request(&mut self) {
+        if self.request_started.is_none() {
+            let now = Instant::now();
+            self.request_started = Some(now);
+            if self.xact_started.is_none() {
+                self.xact_started = Some(now);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod idle_footprint {
+    /// What an idle client's task holds is the session plus its wait:
+    /// login and request states live in their own, short-lived
+    /// allocations. This guards against a change folding them back in.
+    #[tokio::test]
+    async fn an_idle_session_task_stays_under_one_kib() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (config, _) = crate::proxy::config::Config::parse(
+            "[general]\nhost = \"127.0.0.1\"\nport = 0\nadmin_username = \"a\"\nadmin_password = \"a\"\n",
+            "t",
+        )
+        .unwrap();
+        let proxy = crate::proxy::Proxy::start(config, std::future::pending())
+            .await
+            .unwrap();
+        let task = super::handle(
+            stream,
+            "127.0.0.1:1".parse().unwrap(),
+            proxy.shared().clone(),
+            Default::default(),
+        );
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1024, "a client task's future takes {size} bytes");
+        drop(task);
+        proxy.stop().await;
+    }
+}

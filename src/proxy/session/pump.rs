@@ -1,0 +1,439 @@
+//! The hot path: while a client holds a server connection, one task moves
+//! bytes both ways. Reads go into reusable buffers; only 5-byte headers
+//! are parsed, plus the few bodies that matter (messages naming prepared
+//! statements in transaction mode, simple query texts, CommandComplete
+//! tags, ReadyForQuery, ParameterStatus); whole runs of messages are
+//! forwarded with one write.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes};
+use tokio::io::AsyncWrite;
+use tokio_util::io::poll_read_buf;
+
+use super::{FrameErrorOrMalformed, Outcome, Session, HIGH_WATER, READ_SIZE, STREAM_THRESHOLD};
+use crate::proxy::buffers;
+use crate::proxy::config::PoolMode;
+use crate::proxy::mirror::MirrorHandle;
+use crate::proxy::pool::PooledServer;
+use crate::proxy::protocol::codec::{client_limit, peek_header, HEADER_LEN, MAX_MESSAGE_LEN};
+use crate::proxy::protocol::effects::{Effects, QueryHints};
+use crate::proxy::protocol::messages;
+use crate::proxy::protocol::tracker::Action;
+use crate::proxy::server::Server;
+
+/// A large message starts streaming once its header and this much of its
+/// body are in: enough to see a simple query's first words.
+const HEADER_LEN_PLUS_STREAM_PEEK: usize = HEADER_LEN + 64;
+
+impl Session {
+    /// Whether the buffer holds enough of the first message to act on: all
+    /// of it, or enough of a large message to start streaming it.
+    pub(super) fn first_message_ready(&self) -> bool {
+        match peek_header(&self.cbuf, client_limit) {
+            Ok(Some(h)) => {
+                self.cbuf.len() >= h.total
+                    || (h.total > STREAM_THRESHOLD
+                        && self.can_stream_client(h.tag)
+                        && self.cbuf.len() >= HEADER_LEN_PLUS_STREAM_PEEK)
+            }
+            Ok(None) => false,
+            // Let the pump report it.
+            Err(_) => true,
+        }
+    }
+
+    /// Reads more from the client; false on EOF or error.
+    pub(super) async fn read_client(&mut self) -> bool {
+        if self.cbuf.capacity() == 0 {
+            self.cbuf = buffers::take();
+        } else if self.cbuf.capacity() - self.cbuf.len() < READ_SIZE / 4 {
+            self.cbuf.reserve(READ_SIZE);
+        }
+        use tokio::io::AsyncReadExt;
+        match self.client.read_buf(&mut self.cbuf).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.counts.bytes_in += n as u64;
+                true
+            }
+        }
+    }
+
+    fn can_stream_client(&self, tag: u8) -> bool {
+        match tag {
+            // Transaction mode reads these whole: they name statements.
+            b'P' | b'B' | b'D' | b'C' => self.mode == PoolMode::Session,
+            b'X' | b'S' | b'H' => false,
+            _ => true,
+        }
+    }
+
+    pub(super) async fn pump(&mut self, server: &mut PooledServer) -> Outcome {
+        let (server, mirrors) = server.split();
+        for buf in [&mut self.to_server, &mut self.to_client, &mut self.sbuf] {
+            if buf.capacity() == 0 {
+                *buf = buffers::take();
+            }
+        }
+        if let Err(o) = self.process_client(server, mirrors) {
+            return o;
+        }
+        // A session-mode client holds its server between transactions; on
+        // shutdown it is let go at the next transaction boundary.
+        let rx = (self.mode == PoolMode::Session).then(|| self.shared.shutdown_rx());
+        let mut shutdown = std::pin::pin!(async move {
+            match rx {
+                Some(mut rx) => {
+                    let _ = rx.wait_for(|stopping| *stopping).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        });
+        let mut stopping = false;
+        poll_fn(|cx| {
+            if !stopping && shutdown.as_mut().poll(cx).is_ready() {
+                stopping = true;
+            }
+            if stopping && self.at_boundary() {
+                return Poll::Ready(Outcome::Shutdown);
+            }
+            self.poll_pump(cx, server, mirrors)
+        })
+        .await
+    }
+
+    fn release_ready(&self) -> bool {
+        self.mode == PoolMode::Transaction && self.at_boundary()
+    }
+
+    /// Between transactions: nothing in flight either way.
+    pub(super) fn at_boundary(&self) -> bool {
+        self.tracker.is_idle()
+            && self.to_server.is_empty()
+            && self.client_left == 0
+            && self.server_left == 0
+            && self.sbuf.is_empty()
+    }
+
+    fn poll_pump(
+        &mut self,
+        cx: &mut Context<'_>,
+        server: &mut Server,
+        mirrors: &mut [MirrorHandle],
+    ) -> Poll<Outcome> {
+        loop {
+            let mut progress = false;
+            while !self.to_server.is_empty() {
+                match Pin::new(&mut server.stream).poll_write(cx, &self.to_server) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Outcome::ServerFailed(io::ErrorKind::WriteZero.into()))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.to_server.advance(n);
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ServerFailed(e)),
+                    Poll::Pending => break,
+                }
+            }
+            while !self.to_client.is_empty() {
+                match Pin::new(&mut self.client).poll_write(cx, &self.to_client) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Outcome::ClientGone)
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.counts.bytes_out += n as u64;
+                        self.to_client.advance(n);
+                        progress = true;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            if self.release_ready() {
+                return Poll::Ready(Outcome::Released);
+            }
+            if self.to_server.len() < HIGH_WATER {
+                if self.cbuf.capacity() - self.cbuf.len() < READ_SIZE / 4 {
+                    self.cbuf.reserve(READ_SIZE);
+                }
+                match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Outcome::ClientGone)
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.counts.bytes_in += n as u64;
+                        if let Err(o) = self.process_client(server, mirrors) {
+                            return Poll::Ready(o);
+                        }
+                        progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if self.to_client.len() < HIGH_WATER {
+                if self.sbuf.capacity() - self.sbuf.len() < READ_SIZE / 4 {
+                    self.sbuf.reserve(READ_SIZE);
+                }
+                match poll_read_buf(Pin::new(&mut server.stream), cx, &mut self.sbuf) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Outcome::ServerFailed(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "server closed the connection",
+                        )))
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        if let Err(o) = self.process_server(server, mirrors) {
+                            return Poll::Ready(o);
+                        }
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ServerFailed(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Handles the client bytes in `cbuf`: every complete message, and the
+    /// available part of a large one. Pass-through runs move to
+    /// `to_server` in one piece (a buffer swap when nothing else is
+    /// queued).
+    pub(super) fn process_client(
+        &mut self,
+        server: &mut Server,
+        mirrors: &mut [MirrorHandle],
+    ) -> Result<(), Outcome> {
+        let mirrored_from = self.to_server.len();
+        let starts_transaction = self.tracker.is_idle();
+        let result = self.process_client_messages(server);
+        if !mirrors.is_empty() && self.to_server.len() > mirrored_from {
+            let mut copy: Option<(Bytes, Instant)> = None;
+            for m in mirrors.iter_mut() {
+                if m.wants(starts_transaction) {
+                    let (bytes, at) = copy.get_or_insert_with(|| {
+                        (
+                            Bytes::copy_from_slice(&self.to_server[mirrored_from..]),
+                            Instant::now(),
+                        )
+                    });
+                    m.data(bytes, *at, starts_transaction);
+                }
+            }
+        }
+        result
+    }
+
+    fn process_client_messages(&mut self, server: &mut Server) -> Result<(), Outcome> {
+        let transaction = self.mode == PoolMode::Transaction;
+        let mut pos = 0;
+        if self.client_left > 0 {
+            pos = self.client_left.min(self.cbuf.len());
+            self.client_left -= pos;
+        }
+        while self.client_left == 0 {
+            let rest = &self.cbuf[pos..];
+            let h = match peek_header(rest, client_limit) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    self.move_client_run(pos);
+                    return Err(Outcome::ClientProtocol(FrameErrorOrMalformed::Frame(e)));
+                }
+            };
+            let available = rest.len();
+            if available < h.total {
+                if h.total > STREAM_THRESHOLD
+                    && self.can_stream_client(h.tag)
+                    && available >= HEADER_LEN_PLUS_STREAM_PEEK
+                {
+                    // Forwarded as it arrives. A simple query this large
+                    // is scanned only for what its first part says.
+                    if transaction && h.tag == b'Q' {
+                        let head = rest[HEADER_LEN..].to_vec();
+                        self.note_query(&head);
+                    } else {
+                        self.note_client(h.tag);
+                    }
+                    self.client_left = h.total - available;
+                    pos = self.cbuf.len();
+                }
+                break;
+            }
+            match h.tag {
+                b'X' => {
+                    self.move_client_run(pos);
+                    return Err(Outcome::ClientGone);
+                }
+                b'P' | b'B' | b'D' | b'C' if transaction => {
+                    self.move_client_run(pos);
+                    pos = 0;
+                    let msg = self.cbuf.split_to(h.total).freeze();
+                    self.rewrite_client(server, h.tag, &msg)?;
+                }
+                b'Q' if transaction => {
+                    let hints = QueryHints::scan(&rest[HEADER_LEN..h.total]);
+                    self.absorb_hints(hints);
+                    self.push_query();
+                    pos += h.total;
+                }
+                tag => {
+                    self.note_client(tag);
+                    pos += h.total;
+                }
+            }
+        }
+        self.move_client_run(pos);
+        if self.request_started.is_none() && self.tracker.awaiting_replies() {
+            self.on_request();
+        }
+        Ok(())
+    }
+
+    /// Transaction mode: a simple query, scanned for what it may do to
+    /// session state.
+    fn note_query(&mut self, text: &[u8]) {
+        self.absorb_hints(QueryHints::scan(text));
+        self.push_query();
+    }
+
+    fn push_query(&mut self) {
+        self.counts.queries += 1;
+        let ticket = self.query_clears_unnamed();
+        self.tracker.push_query(ticket);
+    }
+
+    /// Bookkeeping for a client message forwarded unchanged.
+    fn note_client(&mut self, tag: u8) {
+        self.tracker.client_message(tag);
+        match tag {
+            b'P' => {
+                self.counts.client_parses += 1;
+                self.counts.server_parses += 1;
+            }
+            b'B' => self.counts.binds += 1,
+            b'Q' | b'E' => self.counts.queries += 1,
+            _ => {}
+        }
+    }
+
+    /// Moves the first `n` bytes of `cbuf` to `to_server`.
+    pub(super) fn move_client_run(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.to_server.is_empty() && n == self.cbuf.len() {
+            std::mem::swap(&mut self.to_server, &mut self.cbuf);
+        } else {
+            self.to_server.extend_from_slice(&self.cbuf[..n]);
+            self.cbuf.advance(n);
+        }
+    }
+
+    /// Handles server bytes in `sbuf`, like `process_client` the other
+    /// way: forwards runs to `to_client`, drops replies to messages pgcat
+    /// injected, inserts replies pgcat owes, follows ParameterStatus and
+    /// the command tags that say session state changed.
+    fn process_server(
+        &mut self,
+        server: &mut Server,
+        mirrors: &mut [MirrorHandle],
+    ) -> Result<(), Outcome> {
+        let transaction = self.mode == PoolMode::Transaction;
+        let mut pos = 0;
+        let mut run_start = 0;
+        let mut ready = false;
+        if self.server_left > 0 {
+            pos = self.server_left.min(self.sbuf.len());
+            self.server_left -= pos;
+        }
+        while self.server_left == 0 {
+            let rest = &self.sbuf[pos..];
+            let h = match peek_header(rest, |_| MAX_MESSAGE_LEN) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(Outcome::ServerFailed(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        e,
+                    )))
+                }
+            };
+            if rest.len() < h.total {
+                if h.total > STREAM_THRESHOLD && !matches!(h.tag, b'Z' | b'S' | b'1' | b'3' | b'E')
+                {
+                    self.tracker.server_message(h.tag, &[], &mut self.to_client);
+                    self.server_left = h.total - rest.len();
+                    pos = self.sbuf.len();
+                }
+                break;
+            }
+            let body = &rest[HEADER_LEN..h.total];
+            match h.tag {
+                b'Z' => ready = true,
+                b'C' if transaction => self.held.effects |= Effects::of_tag(body),
+                b'S' => {
+                    if let Ok((k, v)) = messages::parse_parameter_status(body) {
+                        if k == "application_name" {
+                            *self.info.application_name.lock() = v.clone();
+                            *server.info.application_name.lock() = v.clone();
+                        }
+                        server.params.set(&k, &v);
+                        self.cs.reported.set(&k, &v);
+                    }
+                }
+                _ => {}
+            }
+            // An error pgcat replaces goes after the run forwarded so far.
+            if h.tag == b'E' {
+                self.to_client.extend_from_slice(&self.sbuf[run_start..pos]);
+                run_start = pos;
+            }
+            let action = self.tracker.server_message(
+                h.tag,
+                &self.sbuf[pos + HEADER_LEN..pos + h.total],
+                &mut self.to_client,
+            );
+            match action {
+                Action::Forward => pos += h.total,
+                Action::Swallow => {
+                    if h.tag != b'E' {
+                        self.to_client.extend_from_slice(&self.sbuf[run_start..pos]);
+                    }
+                    pos += h.total;
+                    run_start = pos;
+                }
+            }
+            if self.tracker.has_due() {
+                self.to_client.extend_from_slice(&self.sbuf[run_start..pos]);
+                run_start = pos;
+                self.tracker.emit_due(&mut self.to_client);
+            }
+        }
+        if self.tracker.has_outcomes() {
+            self.settle_tickets(server);
+        }
+        if run_start == 0 && pos == self.sbuf.len() && self.to_client.is_empty() {
+            std::mem::swap(&mut self.to_client, &mut self.sbuf);
+        } else {
+            self.to_client.extend_from_slice(&self.sbuf[run_start..pos]);
+            self.sbuf.advance(pos);
+        }
+        if ready {
+            self.on_ready_for_query();
+            if self.tracker.is_idle() {
+                for m in mirrors.iter_mut() {
+                    m.boundary();
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,483 @@
+//! Transaction mode: messages that name prepared statements.
+//!
+//! A client's named statements live on servers under names derived from
+//! their text (see `protocol::statements`); pgcat prepares them on
+//! whichever server the client gets. The unnamed statement is the
+//! client's own too: before a Bind or Describe of it, pgcat makes the
+//! server's unnamed statement the client's (a Parse, or a Close when the
+//! client has none), so no client ever binds another's.
+//!
+//! Every message pgcat injects or answers itself carries a ticket: when
+//! the server reports what became of it (done, failed, skipped after an
+//! error), `settle_tickets` brings pgcat's records (the server's
+//! statements, the client's names, both unnamed statements) in line with
+//! what the server really did.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+
+use super::{FrameErrorOrMalformed, Outcome, Session};
+use crate::proxy::protocol::codec::{client_limit, peek_header, HEADER_LEN};
+use crate::proxy::protocol::effects::QueryHints;
+use crate::proxy::protocol::messages::{self, read_cstr, Severity};
+use crate::proxy::protocol::statements::{Prepared, StatementId, TooMany, Unnamed};
+use crate::proxy::protocol::tracker::{Expect, Outcome as Ended, Synthetic};
+use crate::proxy::server::Server;
+
+/// Custom setting names one checkout collects for the readback.
+const NAMES_PER_CHECKOUT: usize = 256;
+
+/// What one ticketed expectation stands for.
+#[derive(Debug)]
+pub(super) enum Ticket {
+    /// A Parse under pgcat's name went to the server; `client` is the
+    /// client's name for it when the client sent the Parse (pgcat's own
+    /// re-prepares have none).
+    ServerParse {
+        id: StatementId,
+        client: Option<Box<[u8]>>,
+    },
+    /// A Parse pgcat answered itself: the name goes if it was skipped.
+    ClientParse(Box<[u8]>),
+    /// A Close pgcat answered itself: the name comes back if skipped.
+    ClientClose(Box<[u8]>, Arc<Prepared>),
+    /// A Bind of one of pgcat's statements: 26000 means the record of the
+    /// server's statements drifted.
+    Bind(StatementId),
+    /// pgcat closed a statement to make room.
+    Evict(StatementId),
+    /// The server's unnamed statement becomes this (None: a Close or a
+    /// simple query dropped it).
+    Unnamed(Option<Arc<Unnamed>>),
+}
+
+impl Session {
+    pub(super) fn rewrite_client(
+        &mut self,
+        server: &mut Server,
+        tag: u8,
+        msg: &[u8],
+    ) -> Result<(), Outcome> {
+        let malformed = |what| Outcome::ClientProtocol(FrameErrorOrMalformed::Malformed(what));
+        let body = &msg[HEADER_LEN..];
+        match tag {
+            b'P' => {
+                self.counts.client_parses += 1;
+                let (name, rest) = read_cstr(body, "Parse").map_err(|_| malformed("Parse"))?;
+                let (query, types) = read_cstr(rest, "Parse").map_err(|_| malformed("Parse"))?;
+                if name.is_empty() {
+                    self.counts.server_parses += 1;
+                    let unnamed = match &self.cs.unnamed {
+                        Some(u) if *u.body == *rest => u.clone(),
+                        _ => Arc::new(Unnamed::new(rest, query)),
+                    };
+                    self.to_server.extend_from_slice(msg);
+                    self.push_unnamed(
+                        Expect::Parse {
+                            swallow: false,
+                            ticket: true,
+                        },
+                        Some(unnamed.clone()),
+                    );
+                    self.cs.unnamed = Some(unnamed);
+                    return Ok(());
+                }
+                if self.cs.statements.contains(name) {
+                    let msg = format!(
+                        "prepared statement \"{}\" already exists",
+                        String::from_utf8_lossy(name)
+                    );
+                    self.raise("42P05", &msg);
+                    return Ok(());
+                }
+                let prepared = Arc::new(Prepared::new(rest, query, types));
+                if let Err(TooMany(n)) =
+                    self.cs
+                        .statements
+                        .insert(name, prepared.clone(), self.max_prepared_statements)
+                {
+                    let msg = format!(
+                        "pgcat: too many prepared statements on this connection \
+                         (max_prepared_statements = {n}); close some first"
+                    );
+                    self.raise("53400", &msg);
+                    return Ok(());
+                }
+                if server.statements.contains(prepared.id) {
+                    self.tracker
+                        .push_extended(Expect::Synthetic(Synthetic::ParseComplete, true));
+                    self.held
+                        .tickets
+                        .push_back(Ticket::ClientParse(name.into()));
+                    self.tracker.emit_due(&mut self.to_client);
+                } else {
+                    self.prepare_on_server(server, &prepared, Some(name));
+                }
+            }
+            b'B' => {
+                self.counts.binds += 1;
+                let (portal, rest) = read_cstr(body, "Bind").map_err(|_| malformed("Bind"))?;
+                let (name, rest) = read_cstr(rest, "Bind").map_err(|_| malformed("Bind"))?;
+                if name.is_empty() {
+                    self.ensure_unnamed();
+                    if let Some(u) = self.cs.unnamed.clone() {
+                        self.absorb(&u.hints);
+                    }
+                    self.forward_as_is(tag, msg);
+                    return Ok(());
+                }
+                let Some(prepared) = self.cs.statements.get(name).cloned() else {
+                    // PostgreSQL's own 26000 names the client's statement.
+                    self.forward_as_is(tag, msg);
+                    return Ok(());
+                };
+                self.ensure_prepared(server, &prepared);
+                self.absorb(&prepared.hints);
+                let at = messages::begin(&mut self.to_server, b'B');
+                messages::put_cstr(&mut self.to_server, portal);
+                messages::put_cstr(&mut self.to_server, prepared.id.server_name().as_bytes());
+                self.to_server.put_slice(rest);
+                messages::finish(&mut self.to_server, at);
+                self.tracker.push_extended(Expect::Bind { ticket: true });
+                self.held.tickets.push_back(Ticket::Bind(prepared.id));
+            }
+            b'D' => {
+                let (&kind, rest) = body.split_first().ok_or_else(|| malformed("Describe"))?;
+                let (name, _) = read_cstr(rest, "Describe").map_err(|_| malformed("Describe"))?;
+                if kind != b'S' {
+                    self.forward_as_is(tag, msg);
+                    return Ok(());
+                }
+                if name.is_empty() {
+                    self.ensure_unnamed();
+                    self.forward_as_is(tag, msg);
+                    return Ok(());
+                }
+                let Some(prepared) = self.cs.statements.get(name).cloned() else {
+                    self.forward_as_is(tag, msg);
+                    return Ok(());
+                };
+                self.ensure_prepared(server, &prepared);
+                let at = messages::begin(&mut self.to_server, b'D');
+                self.to_server.put_u8(b'S');
+                messages::put_cstr(&mut self.to_server, prepared.id.server_name().as_bytes());
+                messages::finish(&mut self.to_server, at);
+                self.tracker.push_extended(Expect::Describe);
+            }
+            b'C' => {
+                let (&kind, rest) = body.split_first().ok_or_else(|| malformed("Close"))?;
+                let (name, _) = read_cstr(rest, "Close").map_err(|_| malformed("Close"))?;
+                if kind != b'S' {
+                    self.forward_as_is(tag, msg);
+                } else if name.is_empty() {
+                    self.to_server.extend_from_slice(msg);
+                    self.push_unnamed(
+                        Expect::Close {
+                            swallow: false,
+                            ticket: true,
+                        },
+                        None,
+                    );
+                    self.cs.unnamed = None;
+                } else if let Some(prepared) = self.cs.statements.remove(name) {
+                    // The server keeps the statement for other clients;
+                    // the client just forgets its name.
+                    self.tracker
+                        .push_extended(Expect::Synthetic(Synthetic::CloseComplete, true));
+                    self.held
+                        .tickets
+                        .push_back(Ticket::ClientClose(name.into(), prepared));
+                    self.tracker.emit_due(&mut self.to_client);
+                } else {
+                    // Closing a statement that does not exist is no error.
+                    self.tracker
+                        .push_extended(Expect::Synthetic(Synthetic::CloseComplete, false));
+                    self.tracker.emit_due(&mut self.to_client);
+                }
+            }
+            _ => self.forward_as_is(tag, msg),
+        }
+        Ok(())
+    }
+
+    fn forward_as_is(&mut self, tag: u8, msg: &[u8]) {
+        self.tracker.client_message(tag);
+        self.to_server.extend_from_slice(msg);
+    }
+
+    /// Notes what a statement about to run may do to session state.
+    pub(super) fn absorb(&mut self, hints: &QueryHints) {
+        self.held.effects |= hints.effects;
+        for name in &hints.names {
+            if self.held.names.len() < NAMES_PER_CHECKOUT && !self.held.names.contains(name) {
+                self.held.names.push(name.clone());
+            }
+        }
+    }
+
+    pub(super) fn absorb_hints(&mut self, hints: QueryHints) {
+        if hints != QueryHints::default() {
+            self.absorb(&hints);
+        }
+    }
+
+    /// Answers the client's current message with a pgcat error at its
+    /// place in the pipeline: a Bind that must fail makes the server skip
+    /// to Sync (aborting the implicit transaction, as PostgreSQL would),
+    /// and the tracker puts this error in place of the server's.
+    fn raise(&mut self, code: &str, message: &str) {
+        let mut error = BytesMut::new();
+        messages::error_response(&mut error, Severity::Error, code, message);
+        let at = messages::begin(&mut self.to_server, b'B');
+        messages::put_cstr(&mut self.to_server, b"");
+        // Never a statement: pgcat's names have 32 hex digits.
+        messages::put_cstr(&mut self.to_server, b"pgcat_raise");
+        self.to_server.put_i16(0);
+        self.to_server.put_i16(0);
+        self.to_server.put_i16(0);
+        messages::finish(&mut self.to_server, at);
+        self.tracker.raise(error.freeze());
+    }
+
+    fn push_unnamed(&mut self, expect: Expect, value: Option<Arc<Unnamed>>) {
+        self.tracker.push_extended(expect);
+        self.held.tickets.push_back(Ticket::Unnamed(value.clone()));
+        self.held.unnamed_latest = value;
+        self.held.unnamed_pending += 1;
+        self.held.unnamed_linked = true;
+    }
+
+    /// Before a Bind or Describe of the unnamed statement: makes the
+    /// server's unnamed statement the client's.
+    fn ensure_unnamed(&mut self) {
+        self.held.unnamed_linked = true;
+        if Unnamed::same(&self.cs.unnamed, &self.held.unnamed_latest) {
+            return;
+        }
+        match self.cs.unnamed.clone() {
+            Some(u) => {
+                let at = messages::begin(&mut self.to_server, b'P');
+                self.to_server.put_u8(0);
+                self.to_server.put_slice(&u.body);
+                messages::finish(&mut self.to_server, at);
+                self.counts.server_parses += 1;
+                self.push_unnamed(
+                    Expect::Parse {
+                        swallow: true,
+                        ticket: true,
+                    },
+                    Some(u),
+                );
+            }
+            None => {
+                // The client has none: the server must not have one
+                // either, so the Bind fails as it would on a direct
+                // connection.
+                messages::close(&mut self.to_server, b'S', "");
+                self.push_unnamed(
+                    Expect::Close {
+                        swallow: true,
+                        ticket: true,
+                    },
+                    None,
+                );
+            }
+        }
+    }
+
+    /// A simple query drops the unnamed statement; returns whether the
+    /// query needs a ticket to say when it did.
+    pub(super) fn query_clears_unnamed(&mut self) -> bool {
+        if self.cs.unnamed.is_none()
+            && self.held.unnamed_latest.is_none()
+            && self.held.unnamed_pending == 0
+        {
+            return false;
+        }
+        self.held.tickets.push_back(Ticket::Unnamed(None));
+        self.held.unnamed_latest = None;
+        self.held.unnamed_pending += 1;
+        self.held.unnamed_linked = true;
+        self.cs.unnamed = None;
+        true
+    }
+
+    fn ensure_prepared(&mut self, server: &mut Server, prepared: &Prepared) {
+        if !server.statements.contains(prepared.id) {
+            self.prepare_on_server(server, prepared, None);
+        }
+    }
+
+    /// Sends a Parse under pgcat's name; `client` is the client's name
+    /// when the client asked for it (its reply then goes to the client).
+    fn prepare_on_server(
+        &mut self,
+        server: &mut Server,
+        prepared: &Prepared,
+        client: Option<&[u8]>,
+    ) {
+        self.to_server.extend_from_slice(&prepared.parse);
+        self.tracker.push_extended(Expect::Parse {
+            swallow: client.is_none(),
+            ticket: true,
+        });
+        self.held.tickets.push_back(Ticket::ServerParse {
+            id: prepared.id,
+            client: client.map(Into::into),
+        });
+        self.counts.server_parses += 1;
+        if let Some(evicted) = server
+            .statements
+            .insert(prepared.id, self.statement_cache_size)
+        {
+            messages::close(&mut self.to_server, b'S', &evicted.server_name());
+            self.tracker.push_extended(Expect::Close {
+                swallow: true,
+                ticket: true,
+            });
+            self.held.tickets.push_back(Ticket::Evict(evicted));
+        }
+    }
+
+    /// Brings pgcat's records in line with what the server did with each
+    /// ticketed message.
+    pub(super) fn settle_tickets(&mut self, server: &mut Server) {
+        let mut outcomes = std::mem::take(&mut self.held.outcomes);
+        self.tracker.take_outcomes(&mut outcomes);
+        for &outcome in &outcomes {
+            let Some(ticket) = self.held.tickets.pop_front() else {
+                debug_assert!(false, "an outcome without a ticket");
+                break;
+            };
+            match ticket {
+                Ticket::ServerParse { id, client } => match outcome {
+                    Ended::Done => {
+                        let mut known = self.state.known_statements.lock();
+                        if known.len() > 10 * self.statement_cache_size.max(1) {
+                            known.clear();
+                        }
+                        known.insert(id);
+                    }
+                    Ended::Failed(code) => {
+                        if &code == b"42P05" {
+                            // The server has it after all: repair.
+                            server.statements.restore(id);
+                        } else {
+                            server.statements.remove(id);
+                        }
+                        if let Some(name) = client {
+                            self.cs.statements.restore(name, None);
+                        }
+                    }
+                    Ended::Skipped => {
+                        server.statements.remove(id);
+                        if let Some(name) = client {
+                            self.cs.statements.restore(name, None);
+                        }
+                    }
+                },
+                Ticket::ClientParse(name) => {
+                    if outcome != Ended::Done {
+                        self.cs.statements.restore(name, None);
+                    }
+                }
+                Ticket::ClientClose(name, prepared) => {
+                    if outcome != Ended::Done {
+                        self.cs.statements.restore(name, Some(prepared));
+                    }
+                }
+                Ticket::Bind(id) => {
+                    if outcome == Ended::Failed(*b"26000") {
+                        // The server lost it: prepare it again next time.
+                        server.statements.remove(id);
+                    }
+                }
+                Ticket::Evict(id) => {
+                    if outcome != Ended::Done {
+                        server.statements.restore(id);
+                    }
+                }
+                Ticket::Unnamed(value) => {
+                    self.held.unnamed_pending -= 1;
+                    match (value, outcome) {
+                        (_, Ended::Skipped) => {}
+                        (Some(u), Ended::Done) => server.unnamed = Some(u),
+                        // A failed Parse has already dropped the old one.
+                        (_, _) => server.unnamed = None,
+                    }
+                }
+            }
+        }
+        self.held.outcomes = outcomes;
+        if self.held.unnamed_linked && self.held.unnamed_pending == 0 {
+            self.cs.unnamed = server.unnamed.clone();
+            self.held.unnamed_latest = server.unnamed.clone();
+        }
+    }
+
+    /// Transaction mode, no server held: a batch of nothing but Parse
+    /// messages for statements this pool's servers already accepted,
+    /// closed by Sync (what libpq's PQprepare sends), is answered here.
+    /// Besides saving a round trip, this matters to clients that block on
+    /// a prepare while their other sessions hold every server (pgbench
+    /// -M prepared with several clients per thread).
+    pub(super) fn prepare_locally(&mut self) -> bool {
+        let mut pos = 0;
+        let mut batch: Vec<(usize, usize)> = Vec::new();
+        loop {
+            let Ok(Some(h)) = peek_header(&self.cbuf[pos..], client_limit) else {
+                return false;
+            };
+            if self.cbuf.len() < pos + h.total {
+                return false;
+            }
+            match h.tag {
+                b'P' => batch.push((pos + HEADER_LEN, pos + h.total)),
+                b'S' if pos + h.total == self.cbuf.len() && !batch.is_empty() => break,
+                _ => return false,
+            }
+            pos += h.total;
+        }
+        let limit = self.max_prepared_statements;
+        if limit > 0 && self.cs.statements.len() + batch.len() > limit {
+            return false;
+        }
+        let mut parsed = Vec::with_capacity(batch.len());
+        {
+            let known = self.state.known_statements.lock();
+            for &(from, to) in &batch {
+                let body = &self.cbuf[from..to];
+                let Ok((name, rest)) = read_cstr(body, "Parse") else {
+                    return false;
+                };
+                let Ok((query, types)) = read_cstr(rest, "Parse") else {
+                    return false;
+                };
+                // Duplicates get PostgreSQL's error from the server path.
+                if name.is_empty()
+                    || self.cs.statements.contains(name)
+                    || parsed.iter().any(|(n, _): &(&[u8], _)| *n == name)
+                {
+                    return false;
+                }
+                let prepared = Prepared::new(rest, query, types);
+                if !known.contains(&prepared.id) {
+                    return false;
+                }
+                parsed.push((name, prepared));
+            }
+        }
+        let parsed: Vec<(Box<[u8]>, Prepared)> =
+            parsed.into_iter().map(|(n, p)| (n.into(), p)).collect();
+        for (name, prepared) in parsed {
+            // Within the limit, checked above.
+            let _ = self.cs.statements.insert(&name, Arc::new(prepared), 0);
+            self.counts.client_parses += 1;
+            messages::parse_complete(&mut self.to_client);
+        }
+        messages::ready_for_query(&mut self.to_client, b'I');
+        self.cbuf.clear();
+        true
+    }
+}

@@ -1,0 +1,298 @@
+//! [`Snapshot`]: everything the admin console, the Prometheus exporter and
+//! the dashboard show, read at one moment from the registry and the pools.
+//! It sits above the pools and mirrors it reads; the registry and counters
+//! in the parent module sit below every connection.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{now_us, read_socket, unix_secs, Averages, ClientState, ReloadRecord, Totals};
+use crate::proxy::mirror::MirrorSnapshot;
+use crate::proxy::net::SocketInfo;
+use crate::proxy::Shared;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolServerSnapshot {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub role: &'static str,
+    pub shard: usize,
+    pub banned: bool,
+    pub ban_remaining_s: u64,
+    pub last_error: Option<String>,
+    pub connections: u32,
+    pub idle: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolSnapshot {
+    pub db: String,
+    pub user: String,
+    pub server_user: String,
+    pub mode: &'static str,
+    pub config_hash: u64,
+    pub built_at_unix: u64,
+    pub pool_size: u32,
+    pub min_pool_size: u32,
+    pub server_lifetime_ms: u64,
+    pub paused: bool,
+    pub cl_active: u64,
+    pub cl_waiting: u64,
+    pub cl_idle: u64,
+    pub sv_active: u64,
+    pub sv_idle: u64,
+    pub sv_login: u64,
+    pub sv_used: u64,
+    pub maxwait_us: u64,
+    pub totals: Totals,
+    pub averages: Averages,
+    pub servers: Vec<PoolServerSnapshot>,
+    pub mirrors: Vec<MirrorSnapshot>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientSnapshot {
+    pub id: u64,
+    pub db: String,
+    pub user: String,
+    pub admin: bool,
+    pub state: &'static str,
+    pub addr: String,
+    pub port: u16,
+    pub local_addr: String,
+    pub local_port: u16,
+    pub connect_time_unix: u64,
+    pub request_time_unix: u64,
+    pub wait_us: u64,
+    pub server_id: u64,
+    pub application_name: String,
+    pub socket: Option<SocketInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerSnapshot {
+    pub id: u64,
+    pub db: String,
+    pub user: String,
+    pub state: &'static str,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub role: &'static str,
+    pub local_addr: String,
+    pub local_port: u16,
+    pub connect_time_unix: u64,
+    pub request_time_unix: u64,
+    pub client_id: u64,
+    pub remote_pid: i32,
+    pub application_name: String,
+    pub socket: Option<SocketInfo>,
+}
+
+/// Everything the admin console, the exporter and the dashboard show, read
+/// at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub version: String,
+    pub listen: String,
+    pub config_path: Option<String>,
+    pub started_at_unix: u64,
+    pub taken_at_unix: u64,
+    pub pools: Vec<PoolSnapshot>,
+    pub clients: Vec<ClientSnapshot>,
+    pub servers: Vec<ServerSnapshot>,
+    pub reloads: Vec<ReloadRecord>,
+    pub reload_count: u64,
+    pub reload_failures: u64,
+}
+
+impl Snapshot {
+    /// Reads the registry and the pools. `with_sockets` adds TCP_INFO
+    /// read-back for every connection (one getsockopt each).
+    pub fn take(shared: &Shared, with_sockets: bool) -> Snapshot {
+        let now = now_us();
+        let clients: Vec<ClientSnapshot> = shared
+            .registry
+            .clients()
+            .iter()
+            .map(|c| {
+                let state = c.state();
+                let wait_start = c.wait_start.load(Ordering::Relaxed);
+                ClientSnapshot {
+                    id: c.id,
+                    db: c.db.clone(),
+                    user: c.user.clone(),
+                    admin: c.admin,
+                    state: state.as_str(),
+                    addr: c.peer.ip().to_string(),
+                    port: c.peer.port(),
+                    local_addr: c.local.ip().to_string(),
+                    local_port: c.local.port(),
+                    connect_time_unix: unix_secs(c.connect_time),
+                    request_time_unix: c.request_time.load(Ordering::Relaxed) / 1_000_000,
+                    wait_us: if state == ClientState::Waiting && wait_start > 0 {
+                        now.saturating_sub(wait_start)
+                    } else {
+                        0
+                    },
+                    server_id: c.server.load(Ordering::Relaxed),
+                    application_name: c.application_name.lock().clone(),
+                    socket: if with_sockets {
+                        read_socket(c.fd)
+                    } else {
+                        None
+                    },
+                }
+            })
+            .collect();
+        let servers: Vec<ServerSnapshot> = shared
+            .registry
+            .servers()
+            .iter()
+            .map(|s| {
+                let local = *s.local.lock();
+                ServerSnapshot {
+                    id: s.id,
+                    db: s.db.clone(),
+                    user: s.user.clone(),
+                    state: s.state().as_str(),
+                    host: s.host.clone(),
+                    port: s.port,
+                    database: s.database.clone(),
+                    role: s.role,
+                    local_addr: local.map(|a| a.ip().to_string()).unwrap_or_default(),
+                    local_port: local.map(|a| a.port()).unwrap_or(0),
+                    connect_time_unix: unix_secs(s.connect_time),
+                    request_time_unix: s.request_time.load(Ordering::Relaxed) / 1_000_000,
+                    client_id: s.client.load(Ordering::Relaxed),
+                    remote_pid: s.remote_pid.load(Ordering::Relaxed),
+                    application_name: s.application_name.lock().clone(),
+                    socket: if with_sockets {
+                        read_socket(s.fd.load(Ordering::Relaxed))
+                    } else {
+                        None
+                    },
+                }
+            })
+            .collect();
+
+        let pools_set = shared.pools.load();
+        let mut pools: Vec<PoolSnapshot> = pools_set
+            .iter()
+            .map(|p| {
+                let st = &p.state.stats;
+                let mine = |c: &&ClientSnapshot| {
+                    !c.admin && c.db == p.settings.db && c.user == p.settings.user
+                };
+                let cl: Vec<&ClientSnapshot> = clients.iter().filter(mine).collect();
+                let count = |s: &str| cl.iter().filter(|c| c.state == s).count() as u64;
+                let sv: Vec<&ServerSnapshot> = servers
+                    .iter()
+                    .filter(|s| s.db == p.settings.db && s.user == p.settings.user)
+                    .collect();
+                let svc = |s: &str| sv.iter().filter(|x| x.state == s).count() as u64;
+                let used_after = p.settings.healthcheck_delay.as_secs();
+                let sv_used = sv
+                    .iter()
+                    .filter(|x| {
+                        x.state == "idle"
+                            && (now / 1_000_000).saturating_sub(x.request_time_unix) > used_after
+                    })
+                    .count() as u64;
+                PoolSnapshot {
+                    db: p.settings.db.clone(),
+                    user: p.settings.user.clone(),
+                    server_user: p.settings.login.user.clone(),
+                    mode: p.settings.mode.as_str(),
+                    config_hash: p.config_hash,
+                    built_at_unix: unix_secs(p.built_at),
+                    pool_size: p.settings.pool_size,
+                    min_pool_size: p.settings.min_pool_size,
+                    server_lifetime_ms: p
+                        .settings
+                        .server_lifetime
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
+                    paused: p.state.is_paused(),
+                    cl_active: count("active"),
+                    cl_waiting: count("waiting"),
+                    cl_idle: count("idle"),
+                    sv_active: svc("active"),
+                    sv_idle: svc("idle") - sv_used,
+                    sv_login: svc("login"),
+                    sv_used,
+                    maxwait_us: cl.iter().map(|c| c.wait_us).max().unwrap_or(0),
+                    totals: st.totals(),
+                    averages: st.averages(),
+                    servers: p
+                        .shards
+                        .iter()
+                        .flatten()
+                        .map(|s| {
+                            let state = s.pool.state();
+                            PoolServerSnapshot {
+                                host: s.address.host.clone(),
+                                port: s.address.port,
+                                database: s.address.database.clone(),
+                                role: s.address.role.as_str(),
+                                shard: s.address.shard,
+                                banned: s.is_banned(),
+                                ban_remaining_s: s
+                                    .ban_remaining()
+                                    .map(|d| d.as_secs())
+                                    .unwrap_or(0),
+                                last_error: s.last_error(),
+                                connections: state.connections,
+                                idle: state.idle_connections,
+                            }
+                        })
+                        .collect(),
+                    mirrors: p
+                        .shards
+                        .iter()
+                        .flatten()
+                        .flat_map(|s| s.mirrors.iter().map(|m| m.stats.snapshot()))
+                        .collect(),
+                }
+            })
+            .collect();
+        pools.sort_by(|a, b| (&a.db, &a.user).cmp(&(&b.db, &b.user)));
+        let config = shared.config.load();
+        let (reloads, reload_count, reload_failures) = shared.reload_history();
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            listen: shared.listen_addr.to_string(),
+            config_path: config.path.as_ref().map(|p| p.display().to_string()),
+            started_at_unix: unix_secs(shared.started_at),
+            taken_at_unix: now / 1_000_000,
+            pools,
+            clients,
+            servers,
+            reloads,
+            reload_count,
+            reload_failures,
+        }
+    }
+}
+
+/// How often averages are recomputed.
+pub const STATS_PERIOD: Duration = Duration::from_secs(15);
+
+/// Rolls every pool's stats period until the proxy stops.
+pub async fn run_stats_task(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(STATS_PERIOD);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for p in shared.pools.load().iter() {
+            p.state.stats.roll_period();
+        }
+        if shared.is_shutting_down() {
+            break;
+        }
+    }
+}
