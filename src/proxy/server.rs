@@ -292,6 +292,8 @@ impl Server {
     /// `ServerError::Postgres`, with the connection still usable; any
     /// other failure marks it broken.
     pub async fn run(&mut self, sql: &str, limit: Duration) -> Result<(), ServerError> {
+        // A simple query drops the unnamed statement.
+        self.unnamed = None;
         let mut out = BytesMut::with_capacity(sql.len() + 8);
         messages::query(&mut out, sql);
         self.exchange(&out, limit).await
@@ -300,6 +302,7 @@ impl Server {
     /// Like [`Server::run`], returning the rows of every result set in
     /// text form.
     pub async fn query_rows(&mut self, sql: &str, limit: Duration) -> Result<Rows, ServerError> {
+        self.unnamed = None;
         let mut out = BytesMut::with_capacity(sql.len() + 8);
         messages::query(&mut out, sql);
         let mut rows = Vec::new();

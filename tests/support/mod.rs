@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod wire;
+
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;

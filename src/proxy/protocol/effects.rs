@@ -4,10 +4,6 @@
 //! cleans it, only when one of these says so: a transaction that changes
 //! nothing pays nothing.
 
-use std::sync::OnceLock;
-
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-
 /// Kinds of session state a transaction may have touched.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub struct Effects(u16);
@@ -30,6 +26,10 @@ impl Effects {
     pub const ADVISORY: Effects = Effects(32);
     /// Temporary tables and the like: DISCARD TEMP.
     pub const TEMP: Effects = Effects(64);
+
+    /// Every named statement of the client is gone (DEALLOCATE ALL,
+    /// DISCARD ALL).
+    pub const CLIENT_STATEMENTS: Effects = Effects(128);
 
     /// What must be cleaned (rather than read back) before reuse.
     pub const CLEANUP: Effects = Effects(4 | 8 | 16 | 32 | 64);
@@ -57,8 +57,11 @@ impl Effects {
             Some(b'S') if tag == b"SET" => Effects::SETTINGS,
             Some(b'R') if tag == b"RESET" => Effects::SETTINGS,
             Some(b'D') => match tag {
-                b"DISCARD ALL" => Effects::SETTINGS | Effects::STATEMENTS,
-                b"DEALLOCATE" | b"DEALLOCATE ALL" => Effects::STATEMENTS,
+                b"DISCARD ALL" => {
+                    Effects::SETTINGS | Effects::STATEMENTS | Effects::CLIENT_STATEMENTS
+                }
+                b"DEALLOCATE ALL" => Effects::STATEMENTS | Effects::CLIENT_STATEMENTS,
+                b"DEALLOCATE" => Effects::STATEMENTS,
                 b"DECLARE CURSOR" => Effects::CURSOR,
                 _ => Effects::NONE,
             },
@@ -92,31 +95,18 @@ pub struct QueryHints {
     pub names: Vec<Box<str>>,
 }
 
-const SET_CONFIG: usize = 0;
-const ADVISORY: usize = 1;
-const TEMP: usize = 2;
-const TEMPORARY: usize = 3;
-const PG_TEMP: usize = 4;
-const SET: usize = 5;
-const RESET: usize = 6;
+/// Whether `word` (lower case) is at `text[i..]`, in any case.
+fn at(text: &[u8], i: usize, word: &[u8]) -> bool {
+    text.get(i..i + word.len())
+        .is_some_and(|s| s.eq_ignore_ascii_case(word))
+}
 
-fn automaton() -> &'static AhoCorasick {
-    static AC: OnceLock<AhoCorasick> = OnceLock::new();
-    AC.get_or_init(|| {
-        AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::LeftmostLongest)
-            .build([
-                "set_config",
-                "advisory_lock",
-                "temp",
-                "temporary",
-                "pg_temp",
-                "set",
-                "reset",
-            ])
-            .expect("static patterns")
-    })
+fn left_ok(text: &[u8], i: usize) -> bool {
+    i == 0 || !ident_byte(text[i - 1])
+}
+
+fn right_ok(text: &[u8], end: usize) -> bool {
+    end >= text.len() || !ident_byte(text[end])
 }
 
 fn ident_byte(b: u8) -> bool {
@@ -124,33 +114,103 @@ fn ident_byte(b: u8) -> bool {
 }
 
 impl QueryHints {
-    /// Scans a query text. Cheap: one pass of a small automaton; names are
-    /// only collected when a SET, RESET or set_config names a custom one.
+    /// Scans a query text. Cheap: every word it looks for has an `e` (set,
+    /// reset, set_config, temp, temporary, pg_temp) or a `v` (advisory),
+    /// so it finds those letters eight bytes at a time and looks only
+    /// around them; names are only collected when a SET, RESET or
+    /// set_config names a custom setting.
     pub fn scan(text: &[u8]) -> QueryHints {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        const CASE: u64 = 0x2020_2020_2020_2020;
+        const E: u64 = ONES * b'e' as u64;
+        const V: u64 = ONES * b'v' as u64;
         let mut hints = QueryHints::default();
-        for m in automaton().find_iter(text) {
-            let (start, end) = (m.start(), m.end());
-            let left_ok = start == 0 || !ident_byte(text[start - 1]);
-            let right_ok = end == text.len() || !ident_byte(text[end]);
-            match m.pattern().as_usize() {
-                SET_CONFIG => {
-                    hints.effects |= Effects::SETTINGS;
-                    if let Some(name) = set_config_name(&text[end..]) {
-                        hints.add(name);
-                    }
-                }
-                ADVISORY => hints.effects |= Effects::ADVISORY,
-                TEMP | TEMPORARY if left_ok && right_ok => hints.effects |= Effects::TEMP,
-                PG_TEMP if left_ok => hints.effects |= Effects::TEMP,
-                SET | RESET if left_ok && right_ok => {
-                    if let Some(name) = set_name(&text[end..]) {
-                        hints.add(name);
-                    }
-                }
-                _ => {}
+        let mut i = 0;
+        while i + 8 <= text.len() {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&text[i..i + 8]);
+            let x = u64::from_le_bytes(word) | CASE;
+            let (e, v) = (x ^ E, x ^ V);
+            // High bit set in each byte that is zero (and perhaps in one
+            // above a zero: every candidate is checked again).
+            let mut m = (e.wrapping_sub(ONES) & !e | v.wrapping_sub(ONES) & !v) & HIGH;
+            while m != 0 {
+                hints.look_at(text, i + (m.trailing_zeros() / 8) as usize);
+                m &= m - 1;
             }
+            i += 8;
+        }
+        while i < text.len() {
+            if matches!(text[i] | 0x20, b'e' | b'v') {
+                hints.look_at(text, i);
+            }
+            i += 1;
         }
         hints
+    }
+
+    /// Looks around `text[i]` for the words [`QueryHints::scan`] wants.
+    fn look_at(&mut self, text: &[u8], i: usize) {
+        let lower = |i: usize| text.get(i).map_or(0, |b| b | 0x20);
+        match lower(i) {
+            // The common case, an `e` in neither word, is decided by its
+            // two neighbours.
+            b'e' if i > 0 => match (lower(i - 1), lower(i + 1)) {
+                (b's', b't') => self.set_family(text, i - 1),
+                (b't', b'm') => self.temp_family(text, i - 1),
+                _ => {}
+            },
+            b'v' if i >= 2 && at(text, i - 2, b"advisory_lock") => {
+                self.effects |= Effects::ADVISORY;
+            }
+            _ => {}
+        }
+    }
+
+    /// `set` at `start`: set_config(...), or SET/RESET naming a setting.
+    #[cold]
+    fn set_family(&mut self, text: &[u8], start: usize) {
+        if at(text, start, b"set_config") {
+            self.effects |= Effects::SETTINGS;
+            if let Some(name) = set_config_name(&text[start + 10..]) {
+                self.add(name);
+            }
+            return;
+        }
+        let word = if start >= 2 && at(text, start - 2, b"reset") {
+            start - 2
+        } else {
+            start
+        };
+        if left_ok(text, word) && right_ok(text, start + 3) {
+            if let Some(name) = set_name(&text[start + 3..]) {
+                self.add(name);
+            }
+        }
+    }
+
+    /// `tem` at `start`: TEMP, TEMPORARY, pg_temp.
+    #[cold]
+    fn temp_family(&mut self, text: &[u8], start: usize) {
+        if !at(text, start, b"temp") {
+            return;
+        }
+        let temp = if start >= 3 && at(text, start - 3, b"pg_") {
+            left_ok(text, start - 3)
+        } else {
+            left_ok(text, start)
+                && (right_ok(text, start + 4)
+                    || (at(text, start, b"temporary") && right_ok(text, start + 9)))
+        };
+        if temp {
+            self.effects |= Effects::TEMP;
+        }
+    }
+
+    /// Nothing to note: the common case.
+    pub fn is_empty(&self) -> bool {
+        self.effects.is_empty() && self.names.is_empty()
     }
 
     fn add(&mut self, name: String) {
@@ -245,6 +305,69 @@ fn set_config_name(after: &[u8]) -> Option<String> {
     name.contains('.').then_some(name)
 }
 
+/// What a simple query that is nothing but `DEALLOCATE` drops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deallocate {
+    All,
+    Name(Vec<u8>),
+}
+
+/// Reads `DEALLOCATE [PREPARE] name` or `DEALLOCATE [PREPARE] ALL` (with
+/// an optional `;`), the whole text of a simple query. Names follow SQL:
+/// unquoted ones are lower-cased. None for anything else.
+pub fn deallocate(text: &[u8]) -> Option<Deallocate> {
+    // Most queries are rejected by their first letter.
+    let first = text.iter().position(|b| !b.is_ascii_whitespace())?;
+    if text[first] | 0x20 != b'd' {
+        return None;
+    }
+    let text = text.strip_suffix(b"\0").unwrap_or(text);
+    let mut s = text[first..].trim_ascii();
+    s = s.strip_suffix(b";").unwrap_or(s).trim_ascii_end();
+    let word = |s: &[u8], w: &[u8]| {
+        s.len() > w.len() && s[..w.len()].eq_ignore_ascii_case(w) && !ident_byte(s[w.len()])
+    };
+    if !word(s, b"deallocate") {
+        return None;
+    }
+    s = skip_space(&s[10..]);
+    if word(s, b"prepare") {
+        s = skip_space(&s[7..]);
+    }
+    let name = if let Some(rest) = s.strip_prefix(b"\"") {
+        let mut name = Vec::new();
+        let mut i = 0;
+        loop {
+            match rest.get(i) {
+                None => return None,
+                Some(b'"') if rest.get(i + 1) == Some(&b'"') => {
+                    name.push(b'"');
+                    i += 2;
+                }
+                Some(b'"') => break,
+                Some(&b) => {
+                    name.push(b);
+                    i += 1;
+                }
+            }
+        }
+        if !rest[i + 1..].is_empty() {
+            return None;
+        }
+        return Some(Deallocate::Name(name));
+    } else {
+        if s.is_empty() || !s.iter().all(|&b| ident_byte(b)) {
+            return None;
+        }
+        s.to_ascii_lowercase()
+    };
+    if name == b"all" {
+        Some(Deallocate::All)
+    } else {
+        Some(Deallocate::Name(name))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,7 +388,10 @@ mod tests {
         assert_eq!(Effects::of_tag(b"SETX\0"), Effects::NONE);
         assert!(Effects::of_tag(b"DISCARD ALL\0").contains(Effects::SETTINGS | Effects::STATEMENTS));
         assert_eq!(Effects::of_tag(b"DISCARD TEMP\0"), Effects::NONE);
-        assert_eq!(Effects::of_tag(b"DEALLOCATE ALL\0"), Effects::STATEMENTS);
+        assert_eq!(
+            Effects::of_tag(b"DEALLOCATE ALL\0"),
+            Effects::STATEMENTS | Effects::CLIENT_STATEMENTS
+        );
         assert_eq!(Effects::of_tag(b"DEALLOCATE\0"), Effects::STATEMENTS);
         assert_eq!(Effects::of_tag(b"LISTEN\0"), Effects::LISTEN);
         assert_eq!(Effects::of_tag(b"UNLISTEN\0"), Effects::NONE);
@@ -290,6 +416,25 @@ mod tests {
     }
 
     #[test]
+    fn words_are_found_at_every_offset_and_case() {
+        for pad in 0..17 {
+            for (word, effect) in [
+                ("SET_CONFIG('a', 'b', false)", Effects::SETTINGS),
+                ("pg_advisory_lock(1)", Effects::ADVISORY),
+                ("create TeMp table t()", Effects::TEMP),
+            ] {
+                let q = format!("{}{word}", " ".repeat(pad));
+                assert!(
+                    QueryHints::scan(q.as_bytes()).effects.contains(effect),
+                    "{q:?}"
+                );
+            }
+            let q = format!("{}SET A.b = 1", "x;".repeat(pad));
+            assert_eq!(QueryHints::scan(q.as_bytes()).names.len(), 1, "{q:?}");
+        }
+    }
+
+    #[test]
     fn text_effects() {
         let e = |q: &str| QueryHints::scan(q.as_bytes()).effects;
         assert!(e("select SET_CONFIG('work_mem', '1MB', false)").contains(Effects::SETTINGS));
@@ -300,6 +445,27 @@ mod tests {
         assert!(e("SELECT 1 INTO TEMP t").contains(Effects::TEMP));
         assert!(e("CREATE TABLE pg_temp.t (a int)").contains(Effects::TEMP));
         assert!(!e("SELECT temp_buffers FROM x").contains(Effects::TEMP));
+    }
+
+    #[test]
+    fn deallocate_texts() {
+        let d = |q: &str| deallocate(q.as_bytes());
+        assert_eq!(d("DEALLOCATE s1"), Some(Deallocate::Name(b"s1".to_vec())));
+        assert_eq!(
+            d("deallocate prepare _pg3_0;\0"),
+            Some(Deallocate::Name(b"_pg3_0".to_vec()))
+        );
+        assert_eq!(
+            d(" DEALLOCATE \"My S\"\"1\" ; "),
+            Some(Deallocate::Name(b"My S\"1".to_vec()))
+        );
+        assert_eq!(d("DEALLOCATE ALL"), Some(Deallocate::All));
+        assert_eq!(d("DEALLOCATE PREPARE all;"), Some(Deallocate::All));
+        assert_eq!(d("DEALLOCATE S1"), Some(Deallocate::Name(b"s1".to_vec())));
+        assert_eq!(d("DEALLOCATE s1; SELECT 1"), None);
+        assert_eq!(d("DEALLOCATEs1"), None);
+        assert_eq!(d("SELECT 1"), None);
+        assert_eq!(d("DEALLOCATE \"open"), None);
     }
 
     #[test]

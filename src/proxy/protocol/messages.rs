@@ -145,6 +145,12 @@ pub fn terminate(buf: &mut BytesMut) {
     buf.put_slice(&[b'X', 0, 0, 0, 4]);
 }
 
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    let at = begin(buf, b'C');
+    put_cstr(buf, tag.as_bytes());
+    finish(buf, at);
+}
+
 pub fn parse_complete(buf: &mut BytesMut) {
     buf.put_slice(&[b'1', 0, 0, 0, 4]);
 }

@@ -76,6 +76,23 @@ impl Settings {
         Arc::ptr_eq(a, b) || (a.digest == b.digest && a.pairs == b.pairs)
     }
 
+    /// `top` over `base`: what a client whose startup settings are `base`
+    /// has when the server reports `top` at session level. A setting the
+    /// client reset falls back to its startup value, as on a direct
+    /// connection, where startup values are the reset values.
+    pub fn overlay(base: &Settings, top: Settings) -> Settings {
+        if base.is_empty() {
+            return top;
+        }
+        let mut pairs = top.pairs;
+        for (k, v) in &base.pairs {
+            if top_get(&pairs, k).is_none() {
+                pairs.push((k.clone(), v.clone()));
+            }
+        }
+        Settings::from_pairs(pairs)
+    }
+
     /// Custom settings (with a dot in the name), which must be read back
     /// by name.
     pub fn custom_names(&self) -> impl Iterator<Item = &str> {
@@ -84,6 +101,13 @@ impl Settings {
             .map(|(k, _)| k.as_str())
             .filter(|k| k.contains('.'))
     }
+}
+
+fn top_get<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .binary_search_by(|(k, _)| k.as_str().cmp(name))
+        .ok()
+        .map(|i| pairs[i].1.as_str())
 }
 
 /// Quotes a string literal for SQL (standard_conforming_strings on, which
@@ -183,27 +207,49 @@ pub fn apply_sql(from: &Settings, to: &Settings) -> Option<String> {
     Some(sql)
 }
 
-/// Rows of the readback query are (`READBACK_SETTING`, name, value).
-pub const READBACK_SETTING: &str = "s";
-/// Rows naming one of pgcat's statements still on the server.
-pub const READBACK_STATEMENT: &str = "p";
+/// Readback rows are (kind, name, value): a session setting...
+const READBACK_SETTING: &str = "s";
+/// ...the value the client had for `statement_timeout` before pgcat
+/// turned it off for its own statements...
+const READBACK_TIMEOUT: &str = "t";
+/// ...or one of the protocol-level statements on the server.
+const READBACK_STATEMENT: &str = "p";
 
-/// A query reading back the session settings of the server it runs on.
-/// `login_user` is the user the connection logged in as (a different
-/// session user means SET SESSION AUTHORIZATION ran); `custom` names the
-/// custom settings to ask for.
-pub fn readback_settings_sql<'a>(
+/// The one query pgcat runs after a transaction that may have changed
+/// session state: `cleanup` (see [`cleanup_sql`]) first, then the session
+/// settings (`pg_settings` where `source = 'session'`, the role, the
+/// session authorization when the session user is not `login_user`, and
+/// the `custom` settings by name), and with `statements` the statements
+/// left on the server.
+///
+/// It starts by reading the client's `statement_timeout` and setting it
+/// to 0 at session level, so that a client's tiny timeout cannot cancel
+/// pgcat's own statements; the next checkout applies the client's value
+/// again. The whole query is one implicit transaction: if that first
+/// statement is cancelled after all, nothing happened and it can be run
+/// again.
+pub fn readback_sql<'a>(
     login_user: &str,
     custom: impl Iterator<Item = &'a str>,
+    cleanup: Option<&str>,
+    statements: bool,
 ) -> String {
     let mut sql = format!(
+        "SELECT '{READBACK_TIMEOUT}', 'statement_timeout', \
+         pg_catalog.current_setting('statement_timeout'), \
+         pg_catalog.set_config('statement_timeout', '0', false);"
+    );
+    if let Some(clean) = cleanup {
+        sql.push_str(clean);
+    }
+    sql.push_str(&format!(
         "SELECT '{READBACK_SETTING}', name, setting FROM pg_catalog.pg_settings WHERE source = 'session' \
          UNION ALL SELECT '{READBACK_SETTING}', 'role', pg_catalog.current_setting('role') \
          WHERE pg_catalog.current_setting('role') <> 'none' \
          UNION ALL SELECT '{READBACK_SETTING}', 'session_authorization', session_user::text \
          WHERE session_user <> {}",
         quote_literal(login_user)
-    );
+    ));
     let names: Vec<String> = custom.map(quote_literal).collect();
     if !names.is_empty() {
         sql.push_str(&format!(
@@ -213,15 +259,56 @@ pub fn readback_settings_sql<'a>(
             names.join(", ")
         ));
     }
+    if statements {
+        sql.push_str(&format!(
+            ";SELECT '{READBACK_STATEMENT}', name, '' FROM pg_catalog.pg_prepared_statements \
+             WHERE NOT from_sql"
+        ));
+    }
     sql
 }
 
-/// A query listing the protocol-level statements on the server.
-pub fn readback_statements_sql() -> String {
-    format!(
-        "SELECT '{READBACK_STATEMENT}', name, '' FROM pg_catalog.pg_prepared_statements \
-         WHERE NOT from_sql"
-    )
+/// What a readback query found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Readback {
+    /// The server's session settings now.
+    pub actual: Settings,
+    /// The client's: the same, with its own `statement_timeout`.
+    pub client: Settings,
+    /// Names of the protocol-level statements on the server.
+    pub statements: Vec<String>,
+}
+
+/// Reads the rows of a [`readback_sql`] query.
+pub fn parse_readback(rows: &[Vec<Option<String>>]) -> Readback {
+    let mut actual = Vec::new();
+    let mut timeout = None;
+    let mut statements = Vec::new();
+    for row in rows {
+        match row.as_slice() {
+            [Some(kind), Some(name), Some(value), ..] if kind == READBACK_SETTING => {
+                actual.push((name.clone(), value.clone()))
+            }
+            [Some(kind), _, Some(value), ..] if kind == READBACK_TIMEOUT => {
+                timeout = Some(value.clone())
+            }
+            [Some(kind), Some(name), ..] if kind == READBACK_STATEMENT => {
+                statements.push(name.clone())
+            }
+            _ => {}
+        }
+    }
+    let actual = Settings::from_pairs(actual);
+    let mut client = actual.pairs.clone();
+    if let Some(t) = timeout {
+        client.retain(|(k, _)| k != "statement_timeout");
+        client.push(("statement_timeout".into(), t));
+    }
+    Readback {
+        actual,
+        client: Settings::from_pairs(client),
+        statements,
+    }
 }
 
 /// Statements that clean what a client left on a server connection and
@@ -348,6 +435,20 @@ mod tests {
     }
 
     #[test]
+    fn reset_settings_fall_back_to_startup_values() {
+        let startup = s(&[("search_path", "tenant_x"), ("work_mem", "64")]);
+        let read = s(&[("work_mem", "128"), ("lock_timeout", "5")]);
+        let o = Settings::overlay(&startup, read);
+        assert_eq!(o.get("search_path"), Some("tenant_x"));
+        assert_eq!(o.get("work_mem"), Some("128"));
+        assert_eq!(o.get("lock_timeout"), Some("5"));
+        assert_eq!(
+            Settings::overlay(&Settings::default(), s(&[("a", "1")])).len(),
+            1
+        );
+    }
+
+    #[test]
     fn apply_sets_changes_and_resets_what_is_gone() {
         let from = s(&[("work_mem", "77"), ("app.x", "1"), ("TimeZone", "UTC")]);
         let to = s(&[("search_path", "a, b"), ("TimeZone", "UTC")]);
@@ -390,10 +491,40 @@ mod tests {
 
     #[test]
     fn readback_names_custom_settings() {
-        let sql = readback_settings_sql("app", ["a.b", "c.d'"].into_iter());
+        let sql = readback_sql(
+            "app",
+            ["a.b", "c.d'"].into_iter(),
+            Some("UNLISTEN *;"),
+            true,
+        );
+        assert!(sql.starts_with("SELECT 't', 'statement_timeout'"), "{sql}");
         assert!(sql.contains("session_user <> 'app'"));
         assert!(sql.contains("ARRAY['a.b', 'c.d''']::text[]"));
-        assert!(!readback_settings_sql("app", std::iter::empty()).contains("unnest"));
+        assert!(sql.contains("UNLISTEN *;SELECT 's'"));
+        assert!(sql.contains("pg_prepared_statements"));
+        let plain = readback_sql("app", std::iter::empty(), None, false);
+        assert!(!plain.contains("unnest") && !plain.contains("pg_prepared_statements"));
+    }
+
+    #[test]
+    fn readback_rows_give_the_client_its_own_timeout() {
+        let row = |k: &str, n: &str, v: &str| vec![Some(k.into()), Some(n.into()), Some(v.into())];
+        let rows = vec![
+            vec![
+                Some("t".into()),
+                Some("statement_timeout".into()),
+                Some("1ms".into()),
+                Some("0".into()),
+            ],
+            row("s", "statement_timeout", "0"),
+            row("s", "work_mem", "77"),
+            row("p", "pgcat_x", ""),
+        ];
+        let r = parse_readback(&rows);
+        assert_eq!(r.actual.get("statement_timeout"), Some("0"));
+        assert_eq!(r.client.get("statement_timeout"), Some("1ms"));
+        assert_eq!(r.client.get("work_mem"), Some("77"));
+        assert_eq!(r.statements, vec!["pgcat_x".to_string()]);
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! Prepared statements in transaction mode, without IO.
 //!
 //! A client's named statement lives on servers under a name derived from
-//! a SHA-256 of its text and parameter types, so every client preparing
-//! the same statement shares it on a server, and two different statements
-//! can never meet under one name. [`ServerStatements`] is pgcat's record
+//! a SHA-256 of its text and parameter types (and a secret of the
+//! process), so every client preparing the same statement shares it on a
+//! server, and two different statements can never meet under one name. [`ServerStatements`] is pgcat's record
 //! of what one server connection has prepared; [`ClientStatements`] maps a
 //! client's own names to statements, with a bound.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,10 +26,21 @@ pub struct StatementId(pub [u8; 16]);
 /// Server-side names are this prefix and 32 hex digits.
 pub const NAME_PREFIX: &str = "pgcat_";
 
+/// A secret of this process mixed into every statement's identity, so a
+/// client cannot compute the server-side name of another client's
+/// statement (to prepare something else under it from a function, say).
+fn name_secret() -> &'static [u8; 16] {
+    static SECRET: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+    SECRET.get_or_init(rand::random)
+}
+
 impl StatementId {
     /// `text_and_types` is the body of a Parse after the statement name.
     pub fn of(text_and_types: &[u8]) -> Self {
-        let digest = Sha256::digest(text_and_types);
+        let mut hasher = Sha256::new();
+        hasher.update(name_secret());
+        hasher.update(text_and_types);
+        let digest = hasher.finalize();
         let mut id = [0u8; 16];
         id.copy_from_slice(&digest[..16]);
         StatementId(id)
@@ -59,11 +71,58 @@ impl StatementId {
     }
 }
 
+/// Hashes a [`StatementId`] by taking 8 of its bytes: it is a SHA-256
+/// already, and the hot path looks one up per Bind.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+}
+
+type IdMap<V> = HashMap<StatementId, V, BuildHasherDefault<IdHasher>>;
+
+/// FNV-1a for a client's own statement names: short, looked up per Bind,
+/// and only ever the client's own (a client that picks colliding names
+/// slows only its own lookups, within `max_prepared_statements`).
+#[derive(Default)]
+pub struct NameHasher(u64);
+
+impl Hasher for NameHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
 /// A statement a client prepared under its own name, as pgcat prepares it
 /// on servers.
 #[derive(Debug)]
 pub struct Prepared {
     pub id: StatementId,
+    /// Its name on servers, written into every Bind and Describe.
+    pub name: Box<str>,
     /// The whole Parse message with the server-side name.
     pub parse: Bytes,
     /// What running it may do to session state, read from its text once.
@@ -74,10 +133,12 @@ impl Prepared {
     /// From the body of a client's Parse after the statement name.
     pub fn new(text_and_types: &[u8], query: &[u8], param_types: &[u8]) -> Self {
         let id = StatementId::of(text_and_types);
+        let name = id.server_name();
         let mut parse = BytesMut::with_capacity(query.len() + param_types.len() + 48);
-        messages::parse(&mut parse, &id.server_name(), query, param_types);
+        messages::parse(&mut parse, &name, query, param_types);
         Prepared {
             id,
+            name: name.into_boxed_str(),
             parse: parse.freeze(),
             hints: QueryHints::scan(query),
         }
@@ -124,8 +185,11 @@ impl Unnamed {
 /// counter for LRU eviction.
 #[derive(Debug, Default)]
 pub struct ServerStatements {
-    used: HashMap<StatementId, u64>,
+    used: IdMap<u64>,
     clock: u64,
+    /// Names the server holds something else under (a Parse met 42P05):
+    /// closed before pgcat prepares its statement there again.
+    taken: Vec<StatementId>,
 }
 
 impl ServerStatements {
@@ -169,8 +233,29 @@ impl ServerStatements {
         self.used.remove(&id);
     }
 
+    /// The server has a statement under this name that pgcat did not put
+    /// there (42P05): it must be closed before pgcat's goes in.
+    pub fn mark_taken(&mut self, id: StatementId) {
+        self.used.remove(&id);
+        if !self.taken.contains(&id) {
+            self.taken.push(id);
+        }
+    }
+
+    /// Whether the name must be closed first; forgets it.
+    pub fn take_taken(&mut self, id: StatementId) -> bool {
+        match self.taken.iter().position(|t| *t == id) {
+            Some(i) => {
+                self.taken.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn clear(&mut self) {
         self.used.clear();
+        self.taken.clear();
     }
 
     /// Keeps exactly the statements the server reports having.
@@ -193,7 +278,7 @@ impl ServerStatements {
 /// A client's named statements, by its own names.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
-    by_name: HashMap<Box<[u8]>, Arc<Prepared>>,
+    by_name: HashMap<Box<[u8]>, Arc<Prepared>, BuildHasherDefault<NameHasher>>,
 }
 
 /// A client asked for more statements than `max_prepared_statements`.

@@ -64,6 +64,10 @@ pub enum Expect {
 pub enum Synthetic {
     ParseComplete,
     CloseComplete,
+    /// A simple query `DEALLOCATE name` of a client's statement: its
+    /// CommandComplete and ReadyForQuery, or in a failed transaction the
+    /// error PostgreSQL would raise.
+    Deallocate,
 }
 
 /// What to do with one server message.
@@ -171,6 +175,11 @@ impl Tracker {
     /// Pushes the expectation of a simple Query pgcat forwards.
     pub fn push_query(&mut self, ticket: bool) {
         self.queue.push_back(Expect::Query { ticket });
+    }
+
+    /// Pushes a simple query pgcat answers itself.
+    pub fn push_synthetic_query(&mut self, kind: Synthetic, ticket: bool) {
+        self.queue.push_back(Expect::Synthetic(kind, ticket));
     }
 
     /// Queues `error` (a whole ErrorResponse) to replace the server's
@@ -297,6 +306,22 @@ impl Tracker {
             match head {
                 Expect::Synthetic(Synthetic::ParseComplete, _) => messages::parse_complete(out),
                 Expect::Synthetic(Synthetic::CloseComplete, _) => messages::close_complete(out),
+                Expect::Synthetic(Synthetic::Deallocate, _) if self.status == b'E' => {
+                    messages::error_response(
+                        out,
+                        messages::Severity::Error,
+                        "25P02",
+                        "current transaction is aborted, commands ignored until end of transaction block",
+                    );
+                    messages::ready_for_query(out, b'E');
+                    self.queue.pop_front();
+                    self.settle(head, Outcome::Failed(*b"25P02"));
+                    continue;
+                }
+                Expect::Synthetic(Synthetic::Deallocate, _) => {
+                    messages::command_complete(out, "DEALLOCATE");
+                    messages::ready_for_query(out, self.status);
+                }
                 Expect::CopyEnd => {}
                 _ => break,
             }
@@ -613,6 +638,30 @@ mod tests {
         assert!(out.is_empty());
         assert!(t.raised.is_empty());
         assert!(t.is_idle());
+    }
+
+    #[test]
+    fn a_synthetic_deallocate_answers_in_order_and_fails_in_a_failed_transaction() {
+        let mut t = Tracker::new();
+        let mut out = BytesMut::new();
+        t.client_message(b'Q');
+        t.push_synthetic_query(Synthetic::Deallocate, true);
+        t.emit_due(&mut out);
+        assert!(out.is_empty(), "waits for the query before it");
+        t.server_message(b'E', &error("22012"), &mut out);
+        t.server_message(b'Z', b"E", &mut out);
+        out.clear();
+        t.emit_due(&mut out);
+        assert_eq!(out[0], b'E');
+        assert_eq!(&out[out.len() - 6..], &[b'Z', 0, 0, 0, 5, b'E']);
+        assert_eq!(outcomes(&mut t), vec![Outcome::Failed(*b"25P02")]);
+        t.push_synthetic_query(Synthetic::Deallocate, true);
+        t.status = b'T';
+        out.clear();
+        t.emit_due(&mut out);
+        assert_eq!(out[0], b'C');
+        assert_eq!(&out[out.len() - 6..], &[b'Z', 0, 0, 0, 5, b'T']);
+        assert_eq!(outcomes(&mut t), vec![Outcome::Done]);
     }
 
     #[test]

@@ -14,12 +14,14 @@ use socket2::SockRef;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{ClientState, ClientsGauge, Counts, Session, CLEANUP_TIMEOUT, LOGIN_TIMEOUT};
+use super::{ClientState, ClientsGauge, Counts, Session, LOGIN_TIMEOUT};
 use crate::proxy::auth::{self, ClientAuthError};
 use crate::proxy::net::SocketSettings;
 use crate::proxy::pool::{CheckoutError, LoginSettings, Lookup, UserPool};
 use crate::proxy::protocol::messages::{self, StartupPacket};
-use crate::proxy::protocol::settings::{apply_sql, parse_options, readback_settings_sql, Settings};
+use crate::proxy::protocol::settings::{
+    apply_sql, parse_options, parse_readback, readback_sql, Settings,
+};
 use crate::proxy::protocol::tracker::Tracker;
 use crate::proxy::server::ServerError;
 use crate::proxy::stats::{KillSwitch, NewClient, PoolStats};
@@ -245,6 +247,7 @@ pub(super) async fn login(
         info,
         cs: Box::new(ClientState {
             settings: login_settings.settings.clone(),
+            startup: login_settings.settings.clone(),
             reported,
             ..Default::default()
         }),
@@ -389,26 +392,25 @@ async fn login_settings(
     }
     let mut server = pool.checkout().await?;
     let target = Settings::from_pairs(startup.clone());
-    let settings = match apply_sql(&server.settings, &target) {
-        None if *server.settings == target => server.settings.clone(),
-        sql => {
-            if let Some(sql) = sql {
-                match server.run(&sql, CLEANUP_TIMEOUT).await {
-                    Ok(()) => {}
-                    Err(ServerError::Postgres(f)) => {
-                        // All or nothing: the server kept its settings.
-                        return Err(LoginError::Refused(f.code, f.message));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+    if let Some(sql) = apply_sql(&server.settings, &target) {
+        match super::state::own_query(&mut server, &sql).await {
+            Ok(_) => {}
+            Err(ServerError::Postgres(f)) => {
+                // All or nothing: the server kept its settings.
+                return Err(LoginError::Refused(f.code, f.message));
             }
-            let sql = readback_settings_sql(&pool.settings.login.user, target.custom_names());
-            let rows = server.query_rows(&sql, CLEANUP_TIMEOUT).await?;
-            let settings = Arc::new(super::state::settings_from_rows(&rows));
-            server.settings = settings.clone();
-            settings
+            Err(e) => return Err(e.into()),
         }
-    };
+    }
+    let sql = readback_sql(
+        &pool.settings.login.user,
+        target.custom_names(),
+        None,
+        false,
+    );
+    let read = parse_readback(&super::state::own_query(&mut server, &sql).await?);
+    server.settings = Arc::new(read.actual);
+    let settings = Arc::new(read.client);
     let login = Arc::new(LoginSettings {
         settings,
         reported: server.params.clone(),

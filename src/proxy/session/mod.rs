@@ -140,6 +140,8 @@ impl std::fmt::Display for FrameErrorOrMalformed {
 struct ClientState {
     /// Session-level settings, as PostgreSQL spells them.
     settings: Arc<Settings>,
+    /// The startup settings among them: what a RESET goes back to.
+    startup: Arc<Settings>,
     /// The ParameterStatus values the client was told last.
     reported: Params,
     /// Transaction mode: named statements by the client's names.
@@ -163,9 +165,12 @@ struct Held {
     unnamed_latest: Option<Arc<Unnamed>>,
     /// Tickets still open that change the server's unnamed statement.
     unnamed_pending: usize,
-    /// The client's unnamed statement and the server's are one: the
-    /// client has used or replaced it on this server.
-    unnamed_linked: bool,
+    /// The client's unnamed statement as far as the server has answered
+    /// the client's own messages (its Parse, Close and simple queries;
+    /// not pgcat's).
+    client_unnamed: Option<Arc<Unnamed>>,
+    /// Those of the open tickets that are the client's own.
+    client_unnamed_pending: usize,
 }
 
 struct Session {

@@ -21,7 +21,7 @@ use crate::proxy::config::PoolMode;
 use crate::proxy::mirror::MirrorHandle;
 use crate::proxy::pool::PooledServer;
 use crate::proxy::protocol::codec::{client_limit, peek_header, HEADER_LEN, MAX_MESSAGE_LEN};
-use crate::proxy::protocol::effects::{Effects, QueryHints};
+use crate::proxy::protocol::effects::{deallocate, Deallocate, Effects, QueryHints};
 use crate::proxy::protocol::messages;
 use crate::proxy::protocol::tracker::Action;
 use crate::proxy::server::Server;
@@ -277,9 +277,28 @@ impl Session {
                     pos = 0;
                     let msg = self.cbuf.split_to(h.total).freeze();
                     self.rewrite_client(server, h.tag, &msg)?;
+                    // A reply pgcat gave at once may have ended a ticket
+                    // that the next message depends on.
+                    if self.tracker.has_outcomes() {
+                        self.settle_tickets(server);
+                    }
                 }
                 b'Q' if transaction => {
-                    let hints = QueryHints::scan(&rest[HEADER_LEN..h.total]);
+                    let body = &rest[HEADER_LEN..h.total];
+                    if let Some(Deallocate::Name(name)) = deallocate(body) {
+                        if self.cs.statements.contains(&name) {
+                            // The client's own statement: pgcat answers.
+                            self.move_client_run(pos);
+                            pos = 0;
+                            let _ = self.cbuf.split_to(h.total);
+                            self.deallocate_locally(name);
+                            if self.tracker.has_outcomes() {
+                                self.settle_tickets(server);
+                            }
+                            continue;
+                        }
+                    }
+                    let hints = QueryHints::scan(body);
                     self.absorb_hints(hints);
                     self.push_query();
                     pos += h.total;
@@ -378,7 +397,13 @@ impl Session {
             let body = &rest[HEADER_LEN..h.total];
             match h.tag {
                 b'Z' => ready = true,
-                b'C' if transaction => self.held.effects |= Effects::of_tag(body),
+                b'C' if transaction => {
+                    let effects = Effects::of_tag(body);
+                    if effects.contains(Effects::CLIENT_STATEMENTS) {
+                        self.cs.statements.clear();
+                    }
+                    self.held.effects |= effects;
+                }
                 b'S' => {
                     if let Ok((k, v)) = messages::parse_parameter_status(body) {
                         if k == "application_name" {

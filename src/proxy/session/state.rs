@@ -22,36 +22,29 @@ use crate::proxy::pool::PooledServer;
 use crate::proxy::protocol::effects::Effects;
 use crate::proxy::protocol::messages;
 use crate::proxy::protocol::settings::{
-    apply_sql, cleanup_sql, readback_settings_sql, readback_statements_sql, Settings,
-    READBACK_SETTING, READBACK_STATEMENT,
+    apply_sql, cleanup_sql, parse_readback, readback_sql, Settings,
 };
 use crate::proxy::protocol::statements::{StatementId, Unnamed};
 use crate::proxy::server::{Rows, Server, ServerError};
 
-/// The settings in the rows of a readback query.
-pub(super) fn settings_from_rows(rows: &Rows) -> Settings {
-    Settings::from_pairs(
-        rows.iter()
-            .filter_map(|r| match r.as_slice() {
-                [Some(kind), Some(name), Some(value)] if kind == READBACK_SETTING => {
-                    Some((name.clone(), value.clone()))
-                }
-                _ => None,
-            })
-            .collect(),
-    )
-}
+/// Times one of pgcat's own queries is tried when a client's tiny
+/// `statement_timeout`, still set on the server, cancels it.
+const OWN_QUERY_TRIES: usize = 5;
 
-/// pgcat's statements in the rows of a readback query.
-fn statements_from_rows(rows: &Rows) -> Vec<StatementId> {
-    rows.iter()
-        .filter_map(|r| match r.as_slice() {
-            [Some(kind), Some(name), _] if kind == READBACK_STATEMENT => {
-                StatementId::from_server_name(name)
+/// Runs a query pgcat sends on its own behalf. Each is one implicit
+/// transaction whose first statement makes the client's timeout
+/// irrelevant, so a cancel (57014) before that point changed nothing and
+/// the query is simply run again.
+pub(super) async fn own_query(server: &mut Server, sql: &str) -> Result<Rows, ServerError> {
+    let mut tries = 1;
+    loop {
+        match server.query_rows(sql, CLEANUP_TIMEOUT).await {
+            Err(ServerError::Postgres(f)) if f.code == "57014" && tries < OWN_QUERY_TRIES => {
+                tries += 1;
             }
-            _ => None,
-        })
-        .collect()
+            r => return r,
+        }
+    }
 }
 
 impl Session {
@@ -59,19 +52,21 @@ impl Session {
     /// gives the server the client's settings and tells the client of
     /// reported parameters that differ here.
     pub(super) async fn enter(&mut self, server: &mut PooledServer) -> Result<(), ServerError> {
+        if !Settings::same(&self.cs.settings, &server.settings) {
+            if let Some(sql) = apply_sql(&server.settings, &self.cs.settings) {
+                own_query(server, &sql).await?;
+            }
+            server.settings = self.cs.settings.clone();
+        }
+        // After pgcat's own query, which dropped the unnamed statement.
         let held = &mut *self.held;
         held.tickets.clear();
         held.effects = Effects::NONE;
         held.names.clear();
         held.unnamed_latest = server.unnamed.clone();
         held.unnamed_pending = 0;
-        held.unnamed_linked = false;
-        if !Settings::same(&self.cs.settings, &server.settings) {
-            if let Some(sql) = apply_sql(&server.settings, &self.cs.settings) {
-                server.run(&sql, CLEANUP_TIMEOUT).await?;
-            }
-            server.settings = self.cs.settings.clone();
-        }
+        held.client_unnamed = self.cs.unnamed.clone();
+        held.client_unnamed_pending = 0;
         if self.cs.reported.digest() != server.params.digest() {
             let changed: Vec<(String, String)> = server
                 .params
@@ -91,50 +86,53 @@ impl Session {
     /// state may have changed: cleans and reads back, in one query.
     pub(super) async fn settle_session_state(&mut self, server: &mut Server) {
         let effects = std::mem::take(&mut self.held.effects);
-        let mut sql = String::new();
-        if self.cleanup_server_connections {
-            if let Some(clean) = cleanup_sql(
+        let cleanup = if self.cleanup_server_connections {
+            cleanup_sql(
                 effects.contains(Effects::LISTEN),
                 effects.contains(Effects::CURSOR),
                 effects.contains(Effects::ADVISORY),
                 effects.contains(Effects::TEMP),
                 effects.contains(Effects::SQL_PREPARE),
-            ) {
-                sql.push_str(&clean);
-            }
-        }
-        let settings = effects.contains(Effects::SETTINGS);
-        if settings {
-            let names: Vec<&str> = self
-                .cs
-                .settings
-                .custom_names()
-                .chain(self.held.names.iter().map(|n| &**n))
-                .collect();
-            let mut names = names;
-            names.sort_unstable();
-            names.dedup();
-            sql.push_str(&readback_settings_sql(&self.server_user, names.into_iter()));
-            sql.push(';');
-        }
+            )
+        } else {
+            None
+        };
         let statements = effects.contains(Effects::STATEMENTS);
-        if statements {
-            sql.push_str(&readback_statements_sql());
-        }
-        if sql.is_empty() {
+        if cleanup.is_none() && !statements && !effects.contains(Effects::SETTINGS) {
             return;
         }
-        match server.query_rows(&sql, CLEANUP_TIMEOUT).await {
+        let mut names: Vec<&str> = self
+            .cs
+            .settings
+            .custom_names()
+            .chain(self.held.names.iter().map(|n| &**n))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let sql = readback_sql(
+            &self.server_user,
+            names.into_iter(),
+            cleanup.as_deref(),
+            statements,
+        );
+        match own_query(server, &sql).await {
             Ok(rows) => {
-                if settings {
-                    let s = Arc::new(settings_from_rows(&rows));
-                    self.cs.settings = s.clone();
-                    server.settings = s;
-                }
+                let read = parse_readback(&rows);
+                let mine = Settings::overlay(&self.cs.startup, read.client);
+                let actual = Arc::new(read.actual);
+                self.cs.settings = if *actual == mine {
+                    actual.clone()
+                } else {
+                    Arc::new(mine)
+                };
+                server.settings = actual;
                 if statements {
-                    server
+                    let present: Vec<StatementId> = read
                         .statements
-                        .retain_present(&statements_from_rows(&rows));
+                        .iter()
+                        .filter_map(|n| StatementId::from_server_name(n))
+                        .collect();
+                    server.statements.retain_present(&present);
                 }
             }
             Err(e) => {

@@ -19,11 +19,16 @@ use bytes::{BufMut, BytesMut};
 
 use super::{FrameErrorOrMalformed, Outcome, Session};
 use crate::proxy::protocol::codec::{client_limit, peek_header, HEADER_LEN};
-use crate::proxy::protocol::effects::QueryHints;
+use crate::proxy::protocol::effects::{deallocate, Deallocate, QueryHints};
 use crate::proxy::protocol::messages::{self, read_cstr, Severity};
 use crate::proxy::protocol::statements::{Prepared, StatementId, TooMany, Unnamed};
 use crate::proxy::protocol::tracker::{Expect, Outcome as Ended, Synthetic};
 use crate::proxy::server::Server;
+
+/// The name under which pgcat has the server parse a statement it only
+/// wants checked; closed right after. Never one of pgcat's statement names
+/// (those have 32 hex digits).
+const CHECK_NAME: &str = "pgcat_check";
 
 /// Custom setting names one checkout collects for the readback.
 const NAMES_PER_CHECKOUT: usize = 256;
@@ -42,14 +47,21 @@ pub(super) enum Ticket {
     ClientParse(Box<[u8]>),
     /// A Close pgcat answered itself: the name comes back if skipped.
     ClientClose(Box<[u8]>, Arc<Prepared>),
+    /// A `DEALLOCATE` pgcat answered itself: the name comes back if it
+    /// failed; the client's unnamed statement is gone either way.
+    Deallocate(Box<[u8]>, Arc<Prepared>),
     /// A Bind of one of pgcat's statements: 26000 means the record of the
     /// server's statements drifted.
     Bind(StatementId),
     /// pgcat closed a statement to make room.
     Evict(StatementId),
-    /// The server's unnamed statement becomes this (None: a Close or a
-    /// simple query dropped it).
-    Unnamed(Option<Arc<Unnamed>>),
+    /// The server's unnamed statement becomes `value` (None: a Close or a
+    /// simple query dropped it); the client's too when `client` (its own
+    /// message rather than one pgcat injected).
+    Unnamed {
+        value: Option<Arc<Unnamed>>,
+        client: bool,
+    },
 }
 
 impl Session {
@@ -78,12 +90,16 @@ impl Session {
                             swallow: false,
                             ticket: true,
                         },
-                        Some(unnamed.clone()),
+                        Some(unnamed),
+                        true,
                     );
-                    self.cs.unnamed = Some(unnamed);
                     return Ok(());
                 }
                 if self.cs.statements.contains(name) {
+                    // PostgreSQL parses the text before it looks at the
+                    // name: a statement that does not parse fails with
+                    // its own error.
+                    self.check_parse(query, types);
                     let msg = format!(
                         "prepared statement \"{}\" already exists",
                         String::from_utf8_lossy(name)
@@ -105,6 +121,11 @@ impl Session {
                     return Ok(());
                 }
                 if server.statements.contains(prepared.id) {
+                    // Answered by pgcat; unless the server may be in a
+                    // failed transaction, where PostgreSQL refuses a Parse.
+                    if self.tracker.status() != b'I' || self.tracker.awaiting_replies() {
+                        self.check_parse(query, types);
+                    }
                     self.tracker
                         .push_extended(Expect::Synthetic(Synthetic::ParseComplete, true));
                     self.held
@@ -121,8 +142,11 @@ impl Session {
                 let (name, rest) = read_cstr(rest, "Bind").map_err(|_| malformed("Bind"))?;
                 if name.is_empty() {
                     self.ensure_unnamed();
-                    if let Some(u) = self.cs.unnamed.clone() {
-                        self.absorb(&u.hints);
+                    if let Some(u) = &self.cs.unnamed {
+                        if !u.hints.is_empty() {
+                            let hints = u.hints.clone();
+                            self.absorb(&hints);
+                        }
                     }
                     self.forward_as_is(tag, msg);
                     return Ok(());
@@ -133,10 +157,12 @@ impl Session {
                     return Ok(());
                 };
                 self.ensure_prepared(server, &prepared);
-                self.absorb(&prepared.hints);
+                if !prepared.hints.is_empty() {
+                    self.absorb(&prepared.hints);
+                }
                 let at = messages::begin(&mut self.to_server, b'B');
                 messages::put_cstr(&mut self.to_server, portal);
-                messages::put_cstr(&mut self.to_server, prepared.id.server_name().as_bytes());
+                messages::put_cstr(&mut self.to_server, prepared.name.as_bytes());
                 self.to_server.put_slice(rest);
                 messages::finish(&mut self.to_server, at);
                 self.tracker.push_extended(Expect::Bind { ticket: true });
@@ -161,7 +187,7 @@ impl Session {
                 self.ensure_prepared(server, &prepared);
                 let at = messages::begin(&mut self.to_server, b'D');
                 self.to_server.put_u8(b'S');
-                messages::put_cstr(&mut self.to_server, prepared.id.server_name().as_bytes());
+                messages::put_cstr(&mut self.to_server, prepared.name.as_bytes());
                 messages::finish(&mut self.to_server, at);
                 self.tracker.push_extended(Expect::Describe);
             }
@@ -178,8 +204,8 @@ impl Session {
                             ticket: true,
                         },
                         None,
+                        true,
                     );
-                    self.cs.unnamed = None;
                 } else if let Some(prepared) = self.cs.statements.remove(name) {
                     // The server keeps the statement for other clients;
                     // the client just forgets its name.
@@ -206,6 +232,43 @@ impl Session {
         self.to_server.extend_from_slice(msg);
     }
 
+    /// A simple query `DEALLOCATE name` of one of the client's statements:
+    /// the name goes, the server keeps the statement for others, and the
+    /// client gets PostgreSQL's answer in its place in the pipeline.
+    pub(super) fn deallocate_locally(&mut self, name: Vec<u8>) {
+        self.counts.queries += 1;
+        if let Some(prepared) = self.cs.statements.remove(&name) {
+            self.tracker
+                .push_synthetic_query(Synthetic::Deallocate, true);
+            self.held
+                .tickets
+                .push_back(Ticket::Deallocate(name.into(), prepared));
+            // A simple query drops the client's unnamed statement (not the
+            // server's: the server never sees this one).
+            self.cs.unnamed = None;
+            self.held.client_unnamed_pending += 1;
+            self.tracker.emit_due(&mut self.to_client);
+        }
+    }
+
+    /// Has the server parse a statement under a throwaway name and close
+    /// it again, both replies hidden: the client sees the errors PostgreSQL
+    /// would raise for its Parse (bad text, a failed transaction), and
+    /// nothing else.
+    fn check_parse(&mut self, query: &[u8], types: &[u8]) {
+        messages::parse(&mut self.to_server, CHECK_NAME, query, types);
+        self.tracker.push_extended(Expect::Parse {
+            swallow: true,
+            ticket: false,
+        });
+        messages::close(&mut self.to_server, b'S', CHECK_NAME);
+        self.tracker.push_extended(Expect::Close {
+            swallow: true,
+            ticket: false,
+        });
+        self.counts.server_parses += 1;
+    }
+
     /// Notes what a statement about to run may do to session state.
     pub(super) fn absorb(&mut self, hints: &QueryHints) {
         self.held.effects |= hints.effects;
@@ -217,7 +280,7 @@ impl Session {
     }
 
     pub(super) fn absorb_hints(&mut self, hints: QueryHints) {
-        if hints != QueryHints::default() {
+        if !hints.is_empty() {
             self.absorb(&hints);
         }
     }
@@ -240,18 +303,29 @@ impl Session {
         self.tracker.raise(error.freeze());
     }
 
-    fn push_unnamed(&mut self, expect: Expect, value: Option<Arc<Unnamed>>) {
+    /// Records a message that changes the server's unnamed statement (and
+    /// the client's, when `client`).
+    fn push_unnamed(&mut self, expect: Expect, value: Option<Arc<Unnamed>>, client: bool) {
         self.tracker.push_extended(expect);
-        self.held.tickets.push_back(Ticket::Unnamed(value.clone()));
+        self.note_unnamed(value, client);
+    }
+
+    fn note_unnamed(&mut self, value: Option<Arc<Unnamed>>, client: bool) {
+        self.held.tickets.push_back(Ticket::Unnamed {
+            value: value.clone(),
+            client,
+        });
+        if client {
+            self.cs.unnamed = value.clone();
+            self.held.client_unnamed_pending += 1;
+        }
         self.held.unnamed_latest = value;
         self.held.unnamed_pending += 1;
-        self.held.unnamed_linked = true;
     }
 
     /// Before a Bind or Describe of the unnamed statement: makes the
     /// server's unnamed statement the client's.
     fn ensure_unnamed(&mut self) {
-        self.held.unnamed_linked = true;
         if Unnamed::same(&self.cs.unnamed, &self.held.unnamed_latest) {
             return;
         }
@@ -268,6 +342,7 @@ impl Session {
                         ticket: true,
                     },
                     Some(u),
+                    false,
                 );
             }
             None => {
@@ -281,6 +356,7 @@ impl Session {
                         ticket: true,
                     },
                     None,
+                    false,
                 );
             }
         }
@@ -295,11 +371,7 @@ impl Session {
         {
             return false;
         }
-        self.held.tickets.push_back(Ticket::Unnamed(None));
-        self.held.unnamed_latest = None;
-        self.held.unnamed_pending += 1;
-        self.held.unnamed_linked = true;
-        self.cs.unnamed = None;
+        self.note_unnamed(None, true);
         true
     }
 
@@ -317,6 +389,13 @@ impl Session {
         prepared: &Prepared,
         client: Option<&[u8]>,
     ) {
+        if server.statements.take_taken(prepared.id) {
+            messages::close(&mut self.to_server, b'S', &prepared.name);
+            self.tracker.push_extended(Expect::Close {
+                swallow: true,
+                ticket: false,
+            });
+        }
         self.to_server.extend_from_slice(&prepared.parse);
         self.tracker.push_extended(Expect::Parse {
             swallow: client.is_none(),
@@ -345,84 +424,136 @@ impl Session {
     pub(super) fn settle_tickets(&mut self, server: &mut Server) {
         let mut outcomes = std::mem::take(&mut self.held.outcomes);
         self.tracker.take_outcomes(&mut outcomes);
+        // A failed message and those its error skipped are undone last
+        // first, so each name ends as it was before the first of them
+        // that touched it.
+        let mut undo = Vec::new();
         for &outcome in &outcomes {
             let Some(ticket) = self.held.tickets.pop_front() else {
                 debug_assert!(false, "an outcome without a ticket");
                 break;
             };
-            match ticket {
-                Ticket::ServerParse { id, client } => match outcome {
-                    Ended::Done => {
-                        let mut known = self.state.known_statements.lock();
-                        if known.len() > 10 * self.statement_cache_size.max(1) {
-                            known.clear();
-                        }
-                        known.insert(id);
+            if outcome != Ended::Done {
+                undo.push((ticket, outcome));
+                continue;
+            }
+            while let Some((t, o)) = undo.pop() {
+                self.settle(server, t, o);
+            }
+            self.settle(server, ticket, outcome);
+        }
+        while let Some((t, o)) = undo.pop() {
+            self.settle(server, t, o);
+        }
+        self.held.outcomes = outcomes;
+        if self.held.unnamed_pending == 0 {
+            self.held.unnamed_latest = server.unnamed.clone();
+        }
+        if self.held.client_unnamed_pending == 0 {
+            self.cs.unnamed = self.held.client_unnamed.clone();
+        }
+    }
+
+    fn settle(&mut self, server: &mut Server, ticket: Ticket, outcome: Ended) {
+        match ticket {
+            Ticket::ServerParse { id, client } => match outcome {
+                Ended::Done => {
+                    let mut known = self.state.known_statements.lock();
+                    if known.len() > 10 * self.statement_cache_size.max(1) {
+                        known.clear();
                     }
-                    Ended::Failed(code) => {
-                        if &code == b"42P05" {
-                            // The server has it after all: repair.
-                            server.statements.restore(id);
-                        } else {
-                            server.statements.remove(id);
-                        }
-                        if let Some(name) = client {
-                            self.cs.statements.restore(name, None);
-                        }
-                    }
-                    Ended::Skipped => {
+                    known.insert(id);
+                }
+                Ended::Failed(code) => {
+                    if &code == b"42P05" {
+                        // Something is there under pgcat's name, put
+                        // there behind its back: closed and prepared
+                        // again next time, so that what runs is ours.
+                        server.statements.mark_taken(id);
+                    } else {
                         server.statements.remove(id);
-                        if let Some(name) = client {
-                            self.cs.statements.restore(name, None);
-                        }
                     }
-                },
-                Ticket::ClientParse(name) => {
-                    if outcome != Ended::Done {
+                    if let Some(name) = client {
                         self.cs.statements.restore(name, None);
                     }
                 }
-                Ticket::ClientClose(name, prepared) => {
-                    if outcome != Ended::Done {
-                        self.cs.statements.restore(name, Some(prepared));
+                Ended::Skipped => {
+                    server.statements.remove(id);
+                    if let Some(name) = client {
+                        self.cs.statements.restore(name, None);
                     }
                 }
-                Ticket::Bind(id) => {
-                    if outcome == Ended::Failed(*b"26000") {
-                        // The server lost it: prepare it again next time.
-                        server.statements.remove(id);
-                    }
-                }
-                Ticket::Evict(id) => {
-                    if outcome != Ended::Done {
-                        server.statements.restore(id);
-                    }
-                }
-                Ticket::Unnamed(value) => {
-                    self.held.unnamed_pending -= 1;
-                    match (value, outcome) {
-                        (_, Ended::Skipped) => {}
-                        (Some(u), Ended::Done) => server.unnamed = Some(u),
-                        // A failed Parse has already dropped the old one.
-                        (_, _) => server.unnamed = None,
-                    }
+            },
+            Ticket::ClientParse(name) => {
+                if outcome != Ended::Done {
+                    self.cs.statements.restore(name, None);
                 }
             }
-        }
-        self.held.outcomes = outcomes;
-        if self.held.unnamed_linked && self.held.unnamed_pending == 0 {
-            self.cs.unnamed = server.unnamed.clone();
-            self.held.unnamed_latest = server.unnamed.clone();
+            Ticket::ClientClose(name, prepared) => {
+                if outcome != Ended::Done {
+                    self.cs.statements.restore(name, Some(prepared));
+                }
+            }
+            Ticket::Deallocate(name, prepared) => {
+                if outcome != Ended::Done {
+                    self.cs.statements.restore(name, Some(prepared));
+                }
+                self.held.client_unnamed_pending -= 1;
+                self.held.client_unnamed = None;
+            }
+            Ticket::Bind(id) => {
+                if outcome == Ended::Failed(*b"26000") {
+                    // The server lost it: prepare it again next time.
+                    server.statements.remove(id);
+                }
+            }
+            Ticket::Evict(id) => {
+                if outcome != Ended::Done {
+                    server.statements.restore(id);
+                }
+            }
+            Ticket::Unnamed { value, client } => {
+                self.held.unnamed_pending -= 1;
+                if client {
+                    self.held.client_unnamed_pending -= 1;
+                }
+                let value = match outcome {
+                    Ended::Skipped => return,
+                    Ended::Done => value,
+                    // A failed Parse has already dropped the old one.
+                    Ended::Failed(_) => None,
+                };
+                if client {
+                    self.held.client_unnamed = value.clone();
+                }
+                server.unnamed = value;
+            }
         }
     }
 
     /// Transaction mode, no server held: a batch of nothing but Parse
     /// messages for statements this pool's servers already accepted,
-    /// closed by Sync (what libpq's PQprepare sends), is answered here.
+    /// closed by Sync (what libpq's PQprepare sends), is answered here, and
+    /// so is a lone `DEALLOCATE` of one of the client's statements.
     /// Besides saving a round trip, this matters to clients that block on
     /// a prepare while their other sessions hold every server (pgbench
     /// -M prepared with several clients per thread).
     pub(super) fn prepare_locally(&mut self) -> bool {
+        if let Ok(Some(h)) = peek_header(&self.cbuf, client_limit) {
+            if h.tag == b'Q' && h.total == self.cbuf.len() {
+                if let Some(Deallocate::Name(name)) = deallocate(&self.cbuf[HEADER_LEN..]) {
+                    if self.cs.statements.remove(&name).is_some() {
+                        self.counts.queries += 1;
+                        self.cs.unnamed = None;
+                        messages::command_complete(&mut self.to_client, "DEALLOCATE");
+                        messages::ready_for_query(&mut self.to_client, b'I');
+                        self.cbuf.clear();
+                        return true;
+                    }
+                }
+                return false;
+            }
+        }
         let mut pos = 0;
         let mut batch: Vec<(usize, usize)> = Vec::new();
         loop {
@@ -433,7 +564,10 @@ impl Session {
                 return false;
             }
             match h.tag {
-                b'P' => batch.push((pos + HEADER_LEN, pos + h.total)),
+                // An unnamed statement is never answered here.
+                b'P' if self.cbuf.get(pos + HEADER_LEN).is_some_and(|&b| b != 0) => {
+                    batch.push((pos + HEADER_LEN, pos + h.total))
+                }
                 b'S' if pos + h.total == self.cbuf.len() && !batch.is_empty() => break,
                 _ => return false,
             }
