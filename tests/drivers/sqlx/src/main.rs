@@ -240,16 +240,13 @@ async fn isolation(x: &Ctx) -> Res {
         .execute(&mut a)
         .await
         .map_err(e)?;
-    rounds(&mut [
-        (&mut b, "search_path", DEFAULT_PATH, "B"),
-        (&mut b, "statement_timeout", "0", "B"),
-    ])
-    .await?;
-    rounds(&mut [
-        (&mut a, "search_path", "some_schema", "A"),
-        (&mut a, "statement_timeout", "1234ms", "A"),
-    ])
-    .await
+    for _ in 0..2 {
+        expect(show(&mut b, "search_path").await?.as_str(), DEFAULT_PATH, "B search_path")?;
+        expect(show(&mut b, "statement_timeout").await?.as_str(), "0", "B statement_timeout")?;
+        expect(show(&mut a, "search_path").await?.as_str(), "some_schema", "A search_path")?;
+        expect(show(&mut a, "statement_timeout").await?.as_str(), "1234ms", "A statement_timeout")?;
+    }
+    Ok(())
 }
 
 async fn isolation_set_config(x: &Ctx) -> Res {
