@@ -109,6 +109,44 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit, as PgBouncer
+/// does, and says how many clients that leaves room for.
+fn raise_file_limit(max_client_conn: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    // Each client takes one descriptor, each server connection one; keep
+    // some for listeners, logs and server connections.
+    let room = (lim.rlim_cur as usize).saturating_sub(64);
+    tracing::info!(
+        open_files = lim.rlim_cur,
+        max_client_conn,
+        "file descriptor limit: room for about {room} connections"
+    );
+    if room < max_client_conn {
+        tracing::warn!(
+            "max_client_conn ({max_client_conn}) is above what the open-file limit ({}) allows",
+            lim.rlim_cur
+        );
+    }
+}
+
 /// `pgcat [--tui] [CONFIG]`.
 fn pooler(cli: &Cli) -> Result<(), String> {
     let logs = LogBuffer::default();
@@ -123,6 +161,7 @@ fn pooler(cli: &Cli) -> Result<(), String> {
         tracing::warn!("{w}");
     }
     let _pid = cli.pid_file.as_deref().map(PidFile::create).transpose()?;
+    raise_file_limit(config.general.max_client_conn);
     let rt = runtime(config.general.worker_threads)?;
     rt.block_on(async {
         // Handlers go in before the port opens: a signal that arrives as

@@ -45,16 +45,26 @@ async fn wrong_password_and_unknown_user_are_refused_for_scram_and_md5_pools() {
             "host=127.0.0.1 port={} user=nobody password=x dbname={}",
             proxy.port, db.name
         );
+        // An unauthenticated client learns nothing of which users and
+        // databases exist: the same exchange, the same error as a wrong
+        // password, even with the right password for another database.
         let err = try_connect(&unknown).await.unwrap_err();
-        assert_eq!(sqlstate(&err), "28000", "{auth}: {err:?}");
-        assert_eq!(message(&err), "role \"nobody\" does not exist");
+        assert_eq!(sqlstate(&err), "28P01", "{auth}: {err:?}");
+        assert_eq!(
+            message(&err),
+            "password authentication failed for user \"nobody\""
+        );
 
         let no_db = format!(
             "host=127.0.0.1 port={} user={} password={} dbname=nowhere",
             proxy.port, db.user, db.password
         );
         let err = try_connect(&no_db).await.unwrap_err();
-        assert_eq!(sqlstate(&err), "3D000", "{auth}: {err:?}");
+        assert_eq!(sqlstate(&err), "28P01", "{auth}: {err:?}");
+        assert_eq!(
+            message(&err),
+            format!("password authentication failed for user \"{}\"", db.user)
+        );
         proxy.stop().await;
     }
 }

@@ -63,18 +63,34 @@ impl CancelRegistry {
         registry: &Registry,
         socket: &SocketSettings,
     ) {
-        let server = {
+        let target = {
             let clients = self.clients.lock();
-            clients
-                .get(&(pid, secret))
-                .map(|c| c.server())
-                .filter(|&id| id != 0)
-                .and_then(|id| registry.server(id))
+            clients.get(&(pid, secret)).and_then(|c| {
+                let id = c.server();
+                (id != 0)
+                    .then(|| registry.server(id))
+                    .flatten()
+                    .map(|s| (c.clone(), s))
+            })
         };
-        let Some(server) = server else {
+        let Some((client, server)) = target else {
             tracing::debug!(pid, "cancel request for unknown or idle client");
             return;
         };
+        // Counted on the server connection so that it is not handed to
+        // another client before this cancel has reached PostgreSQL; given
+        // up when the client has let go of it meanwhile.
+        if !server.begin_cancel(&client) {
+            tracing::debug!(pid, "cancel request after the query ended");
+            return;
+        }
+        struct Done<'a>(&'a super::stats::ServerInfo);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.end_cancel();
+            }
+        }
+        let _done = Done(&server);
         let (host, port) = (server.host.clone(), server.port);
         let (server_pid, server_secret) = (
             server.remote_pid.load(Ordering::Relaxed),

@@ -7,10 +7,27 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use bytes::BytesMut;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
+use super::protocol::messages::{self, Severity};
 use super::{session, Shared};
+
+/// Past `max_client_conn`: one ErrorResponse, written without waiting (a
+/// fresh socket's buffer takes it), and the connection is dropped. Costs
+/// no task and no memory beyond this call.
+fn refuse_at_once(stream: &TcpStream, limit: usize) {
+    let mut out = BytesMut::with_capacity(96);
+    messages::error_response(
+        &mut out,
+        Severity::Fatal,
+        "53300",
+        &format!("no more connections allowed (max_client_conn = {limit})"),
+    );
+    let _ = stream.try_write(&out);
+    tracing::debug!(limit, "client refused: max_client_conn reached");
+}
 
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
     let clients = TaskTracker::new();
@@ -21,6 +38,11 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let limit = shared.config.load().general.max_client_conn;
+                    if clients.len() >= limit {
+                        refuse_at_once(&stream, limit);
+                        continue;
+                    }
                     // The switch aborts the task: KILL for its database,
                     // or the forced end of a shutdown. Nothing is polled
                     // for it while the session runs.

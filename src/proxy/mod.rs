@@ -15,6 +15,7 @@ pub mod net;
 pub mod pool;
 pub mod protocol;
 pub mod reload;
+pub mod secret;
 pub mod server;
 pub mod session;
 pub mod stats;

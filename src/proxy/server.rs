@@ -18,6 +18,7 @@ use super::protocol::codec::MAX_MESSAGE_LEN;
 use super::protocol::messages::{self, parse_error_fields, ErrorFields};
 use super::protocol::settings::Settings;
 use super::protocol::statements::{ServerStatements, Unnamed};
+use super::secret::Secret;
 use super::stats::{NewServer, Registration, Registry, ServerInfo, ServerState};
 use super::wire;
 
@@ -43,7 +44,7 @@ impl std::fmt::Display for ServerAddress {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LoginInfo {
     pub user: String,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// statement_timeout in ms, sent in the startup packet (0: not sent).
     pub statement_timeout: u64,
     pub socket: SocketSettings,
@@ -52,12 +53,13 @@ pub struct LoginInfo {
 }
 
 /// Settings PostgreSQL reports with ParameterStatus, with a digest for
-/// the one comparison a checkout makes.
+/// the one comparison a checkout makes (kept current by `set`, so that a
+/// shared copy can be compared without a write).
 #[derive(Debug, Clone, Default)]
 pub struct Params {
     pairs: Vec<(String, String)>,
-    /// Order-independent digest of `pairs`; None after a change.
-    digest: Option<u64>,
+    /// Order-independent digest of `pairs`.
+    digest: u64,
 }
 
 impl PartialEq for Params {
@@ -65,6 +67,13 @@ impl PartialEq for Params {
         self.pairs.len() == other.pairs.len()
             && self.pairs.iter().all(|(k, v)| other.get(k) == Some(v))
     }
+}
+
+fn pair_digest(k: &str, v: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (k, v).hash(&mut h);
+    h.finish()
 }
 
 impl Params {
@@ -75,17 +84,25 @@ impl Params {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Whether `set` would change anything.
+    pub fn differs(&self, name: &str, value: &str) -> bool {
+        self.get(name) != Some(value)
+    }
+
     pub fn set(&mut self, name: &str, value: &str) {
         match self.pairs.iter_mut().find(|(k, _)| k == name) {
-            Some((_, v)) => {
+            Some((k, v)) => {
                 if v != value {
+                    self.digest = self
+                        .digest
+                        .wrapping_sub(pair_digest(k, v))
+                        .wrapping_add(pair_digest(k, value));
                     *v = value.to_string();
-                    self.digest = None;
                 }
             }
             None => {
+                self.digest = self.digest.wrapping_add(pair_digest(name, value));
                 self.pairs.push((name.to_string(), value.to_string()));
-                self.digest = None;
             }
         }
     }
@@ -95,18 +112,8 @@ impl Params {
     }
 
     /// A digest that two sets of the same pairs share, in any order.
-    pub fn digest(&mut self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        *self.digest.get_or_insert_with(|| {
-            self.pairs
-                .iter()
-                .map(|p| {
-                    let mut h = std::hash::DefaultHasher::new();
-                    p.hash(&mut h);
-                    h.finish()
-                })
-                .fold(0u64, |acc, h| acc.wrapping_add(h))
-        })
+    pub fn digest(&self) -> u64 {
+        self.digest
     }
 }
 

@@ -31,7 +31,7 @@ pub struct AdminUrl {
     pub host: String,
     pub port: u16,
     pub user: String,
-    pub password: Option<String>,
+    pub password: Option<crate::proxy::secret::Secret>,
     pub database: String,
 }
 
@@ -79,7 +79,9 @@ impl AdminUrl {
             } else {
                 user
             },
-            password: password.or_else(|| std::env::var("PGPASSWORD").ok()),
+            password: password
+                .or_else(|| std::env::var("PGPASSWORD").ok())
+                .map(Into::into),
             database,
         })
     }

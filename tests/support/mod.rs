@@ -962,3 +962,105 @@ pub async fn pool_row(
         .find(|r| r["database"].as_deref() == Some(db))
         .unwrap_or_else(|| panic!("no SHOW POOLS row for {db}"))
 }
+
+/// The pgcat binary as a child process, for what needs a process of its
+/// own: its CPU time, its memory, its log. Stopped (SIGINT, then SIGKILL)
+/// and reaped when dropped.
+pub struct PgcatChild {
+    child: Option<Child>,
+    pub port: u16,
+    pub log: PathBuf,
+    _config: ConfigFile,
+}
+
+impl PgcatChild {
+    /// Starts `pgcat` on `text` (a config from [`config_text`]: its
+    /// `port = 0` is replaced by a free port), with `RUST_LOG` set to
+    /// `log_level`.
+    pub fn start(text: &str, log_level: &str) -> PgcatChild {
+        let port = free_port();
+        let config = ConfigFile::new(&text.replacen("port = 0", &format!("port = {port}"), 1));
+        let log = config.path.with_extension("log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgcat"));
+        cmd.arg(&config.path)
+            .env("RUST_LOG", log_level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap());
+        let child = spawn_tied(cmd).expect("start pgcat");
+        wait_listening(port, "pgcat");
+        PgcatChild {
+            child: Some(child),
+            port,
+            log,
+            _config: config,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// User plus system CPU time so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        // utime and stime: fields 14 and 15 of stat(5), 12 and 13 here.
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no side effects.
+        ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    }
+
+    /// Resident memory, in kB.
+    pub fn rss_kb(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn conn_str(&self, db: &TestDb) -> String {
+        proxy_conn_str(self.port, db)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c, Duration::from_secs(10));
+        }
+    }
+}
+
+impl Drop for PgcatChild {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Raises this process's soft open-file limit to its hard limit (tests
+/// that hold thousands of sockets).
+pub fn raise_file_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    lim.rlim_cur
+}

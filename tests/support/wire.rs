@@ -210,6 +210,11 @@ impl Wire {
         self
     }
 
+    /// Writes bytes as they are, framing and all.
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
     /// Writes what was queued.
     pub async fn flush(&mut self) -> std::io::Result<()> {
         let out = std::mem::take(&mut self.out);

@@ -36,13 +36,11 @@ pub fn salted_response(stored: &str, salt: [u8; 4]) -> String {
     format!("md5{}", hex(&h.finalize()))
 }
 
-/// Compares in constant time, so a timing side channel does not leak
-/// how much of a guess was right.
+/// Compares in constant time (`subtle`), so a timing side channel does
+/// not leak how much of a guess was right.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 #[cfg(test)]

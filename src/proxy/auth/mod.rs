@@ -11,6 +11,7 @@ use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::proxy::protocol::messages::{self, read_cstr, read_i32, Severity};
+use crate::proxy::secret::Secret;
 use crate::proxy::wire;
 
 pub use scram::{ScramClient, ScramSecret, ScramServer};
@@ -20,7 +21,7 @@ pub use scram::{ScramClient, ScramSecret, ScramServer};
 pub enum ClientAuth {
     Scram(ScramSecret),
     /// The stored md5 hash (`md5` + 32 hex digits).
-    Md5(String),
+    Md5(Secret),
     Trust,
 }
 
@@ -41,11 +42,11 @@ impl ClientAuth {
             AuthMethod::Trust => Ok(ClientAuth::Trust),
             AuthMethod::Md5 => {
                 if md5::is_stored_hash(password) {
-                    Ok(ClientAuth::Md5(password.to_string()))
+                    Ok(ClientAuth::Md5(password.into()))
                 } else if password.starts_with("SCRAM-SHA-256$") {
                     Err("md5 authentication needs a plaintext password or an md5 hash, not a SCRAM verifier".into())
                 } else {
-                    Ok(ClientAuth::Md5(md5::stored_hash(user, password)))
+                    Ok(ClientAuth::Md5(md5::stored_hash(user, password).into()))
                 }
             }
             AuthMethod::ScramSha256 => {
@@ -196,7 +197,7 @@ pub enum ServerAuthError {
 #[derive(Debug)]
 pub struct ServerLogin {
     user: String,
-    password: Option<String>,
+    password: Option<Secret>,
     scram: Option<ScramClient>,
 }
 
@@ -204,7 +205,7 @@ impl ServerLogin {
     pub fn new(user: &str, password: Option<&str>) -> Self {
         ServerLogin {
             user: user.to_string(),
-            password: password.map(str::to_string),
+            password: password.map(Secret::from),
             scram: None,
         }
     }

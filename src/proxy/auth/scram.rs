@@ -12,6 +12,9 @@ use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::proxy::secret::Secret;
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
 /// PostgreSQL's default iteration count.
@@ -75,8 +78,9 @@ fn nonce() -> String {
 }
 
 /// What the server stores for a user: enough to verify a proof, not
-/// enough to log in elsewhere.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// enough to log in elsewhere (but enough to impersonate the server, so
+/// its `Debug` shows only the parameters).
+#[derive(Clone, PartialEq, Eq)]
 pub struct ScramSecret {
     pub iterations: u32,
     pub salt: Vec<u8>,
@@ -84,7 +88,31 @@ pub struct ScramSecret {
     pub server_key: [u8; 32],
 }
 
+impl std::fmt::Debug for ScramSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramSecret")
+            .field("iterations", &self.iterations)
+            .field("keys", &"<redacted>")
+            .finish()
+    }
+}
+
 impl ScramSecret {
+    /// A secret no password matches, for a user pgcat does not know: the
+    /// exchange runs as for any user and fails with the same error, so an
+    /// unauthenticated client cannot tell which users exist. The salt is
+    /// the same for the same name within a process, as a real one is.
+    pub fn mock(user: &str) -> Self {
+        static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+        let key = KEY.get_or_init(rand::random);
+        ScramSecret {
+            iterations: ITERATIONS,
+            salt: hmac(key, user.as_bytes())[..16].to_vec(),
+            stored_key: hmac(key, b"stored"),
+            server_key: hmac(key, b"server"),
+        }
+    }
+
     /// Derives a secret from a plaintext password with a fresh salt.
     pub fn from_password(password: &str) -> Self {
         let mut salt = vec![0u8; 16];
@@ -219,7 +247,7 @@ impl ScramServer {
         for i in 0..32 {
             client_key[i] = proof[i] ^ signature[i];
         }
-        if sha256(&client_key) != self.secret.stored_key {
+        if !bool::from(sha256(&client_key).ct_eq(&self.secret.stored_key)) {
             return Err(ScramError::BadProof);
         }
         let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
@@ -228,18 +256,23 @@ impl ScramServer {
 }
 
 /// The client side of one SCRAM exchange, used to log in to PostgreSQL.
-#[derive(Debug)]
 pub struct ScramClient {
-    password: String,
+    password: Secret,
     nonce: String,
     auth_message: String,
     salted: [u8; 32],
 }
 
+impl std::fmt::Debug for ScramClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScramClient { .. }")
+    }
+}
+
 impl ScramClient {
     pub fn new(password: &str) -> Self {
         ScramClient {
-            password: password.to_string(),
+            password: password.into(),
             nonce: nonce(),
             auth_message: String::new(),
             salted: [0; 32],
@@ -300,7 +333,7 @@ impl ScramClient {
                         .map_err(|_| ScramError::Malformed("server signature"))?;
                     let server_key = hmac(&self.salted, b"Server Key");
                     let want = hmac(&server_key, self.auth_message.as_bytes());
-                    return if got == want {
+                    return if bool::from(got.ct_eq(&want[..])) {
                         Ok(())
                     } else {
                         Err(ScramError::BadServerSignature)

@@ -170,6 +170,15 @@ impl Validator<'_> {
                 "must be greater than 0",
             ));
         }
+        for (key, value) in [
+            ("max_client_conn", g.max_client_conn as u64),
+            ("client_login_timeout", g.client_login_timeout),
+            ("max_buffered_message", g.max_buffered_message as u64),
+        ] {
+            if value == 0 {
+                return Err(self.error(format!("general.{key}"), "must be greater than 0"));
+            }
+        }
         if g.worker_threads == 0 {
             return Err(self.error("general.worker_threads".into(), "must be greater than 0"));
         }

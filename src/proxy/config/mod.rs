@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use load::{ConfigError, Warning};
 
 use crate::proxy::auth::AuthMethod;
+use crate::proxy::secret::Secret;
 
 /// A whole config file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -74,12 +75,12 @@ pub struct General {
     pub server_tls: bool,
     pub verify_server_certificate: bool,
     pub admin_username: Option<String>,
-    pub admin_password: Option<String>,
+    pub admin_password: Option<Secret>,
     pub admin_auth_type: AuthType,
     pub validate_config: bool,
     pub auth_query: Option<String>,
     pub auth_query_user: Option<String>,
-    pub auth_query_password: Option<String>,
+    pub auth_query_password: Option<Secret>,
     /// PgBouncer's: startup parameters dropped instead of applied (a
     /// comma-separated string or a list). `options` drops them all.
     #[serde(deserialize_with = "name_list")]
@@ -91,6 +92,24 @@ pub struct General {
     /// Named prepared statements one client may hold in transaction mode
     /// (0: no limit); past it, a Parse gets an error.
     pub max_prepared_statements: usize,
+    /// PgBouncer's: client connections at once, logged in or not; the
+    /// next one gets 53300 at once.
+    pub max_client_conn: usize,
+    /// PgBouncer's: a client must finish startup and authentication
+    /// within this time (ms).
+    pub client_login_timeout: u64,
+    /// PgBouncer's: a client that holds no server and sends nothing this
+    /// long is disconnected (ms, 0: never).
+    pub client_idle_timeout: u64,
+    /// A client that holds a server connection and stops the traffic (does
+    /// not read the results it asked for, or does not finish a message it
+    /// started) is disconnected after this long, and the server
+    /// connection closed (ms, 0: never).
+    pub stalled_client_timeout: u64,
+    /// The largest message pgcat holds whole (a Parse in transaction mode,
+    /// which it keeps to prepare again); larger ones close the client
+    /// connection. Everything else streams.
+    pub max_buffered_message: usize,
 }
 
 /// A list of names, as PgBouncer writes it (`"a, b"`) or as a TOML list.
@@ -173,6 +192,11 @@ impl Default for General {
             ignore_startup_parameters: Vec::new(),
             track_extra_parameters: Vec::new(),
             max_prepared_statements: 1000,
+            max_client_conn: 10_000,
+            client_login_timeout: 60_000,
+            client_idle_timeout: 0,
+            stalled_client_timeout: 60_000,
+            max_buffered_message: 16 << 20,
         }
     }
 }
@@ -328,14 +352,14 @@ impl Default for Pool {
 pub struct User {
     pub username: String,
     #[serde(default)]
-    pub password: String,
+    pub password: Secret,
     #[serde(default)]
     pub auth_type: AuthType,
     /// Log in to PostgreSQL as this user instead of `username`.
     #[serde(default)]
     pub server_username: Option<String>,
     #[serde(default)]
-    pub server_password: Option<String>,
+    pub server_password: Option<Secret>,
     pub pool_size: u32,
     #[serde(default)]
     pub min_pool_size: u32,

@@ -194,6 +194,9 @@ pub struct ServerManager {
     user: String,
     /// Every connection to this server starts one task per mirror.
     mirrors: Vec<Arc<MirrorSpec>>,
+    /// What a fresh connection reports (ParameterStatus), shared by the
+    /// pool's servers: a client without startup settings is told these.
+    defaults: Arc<Mutex<Option<Params>>>,
 }
 
 impl bb8::ManageConnection for ServerManager {
@@ -214,6 +217,11 @@ impl bb8::ManageConnection for ServerManager {
         match Server::connect(self.address.clone(), &self.login, identity).await {
             Ok(server) => {
                 *self.last_error.lock() = None;
+                let mut defaults = self.defaults.lock();
+                if defaults.is_none() {
+                    *defaults = Some(server.params.clone());
+                }
+                drop(defaults);
                 Ok(Box::new(Backend {
                     server,
                     mirrors: self.mirrors.iter().map(MirrorHandle::start).collect(),
@@ -429,6 +437,8 @@ pub struct UserPool {
     /// What a client's startup settings come to, by the settings as the
     /// client sent them: checked once on a server, then answered here.
     logins: Mutex<HashMap<StartupSettings, Arc<LoginSettings>>>,
+    /// What a fresh server connection reports, once one has opened.
+    defaults: Arc<Mutex<Option<Params>>>,
 }
 
 /// Startup settings as a client sent them, sorted.
@@ -439,7 +449,7 @@ pub type StartupSettings = Vec<(String, String)>;
 #[derive(Debug)]
 pub struct LoginSettings {
     pub settings: Arc<Settings>,
-    pub reported: Params,
+    pub reported: Arc<Params>,
 }
 
 /// Distinct sets of startup settings remembered per pool; past this the
@@ -463,6 +473,7 @@ impl UserPool {
         let settings = PoolSettings::resolve(config, db, user_key);
         let pool = &config.pools[db];
         let retired = Arc::new(AtomicBool::new(false));
+        let defaults = Arc::new(Mutex::new(None));
         let mut shards: Vec<(usize, &config::Shard)> = pool
             .shards
             .iter()
@@ -504,7 +515,7 @@ impl UserPool {
                             })
                             .collect();
                         Arc::new(Self::server_pool(
-                            &settings, address, mirrors, &state, &retired, registry,
+                            &settings, address, mirrors, &state, &retired, registry, &defaults,
                         ))
                     })
                     .collect()
@@ -519,6 +530,7 @@ impl UserPool {
             retired,
             retired_signal: tokio_util::sync::CancellationToken::new(),
             logins: Mutex::new(HashMap::new()),
+            defaults,
         }
     }
 
@@ -529,6 +541,7 @@ impl UserPool {
         state: &PoolState,
         retired: &Arc<AtomicBool>,
         registry: &Arc<Registry>,
+        defaults: &Arc<Mutex<Option<Params>>>,
     ) -> ServerPool {
         let last_error = Arc::new(Mutex::new(None));
         let manager = ServerManager {
@@ -542,6 +555,7 @@ impl UserPool {
             db: settings.db.clone(),
             user: settings.user.clone(),
             mirrors: mirrors.clone(),
+            defaults: defaults.clone(),
         };
         // The reaper enforces idle_timeout and server_lifetime; run it
         // often enough that neither overshoots by much.
@@ -653,16 +667,23 @@ impl UserPool {
             // own wait by connect_timeout.
             let ready = server.slot.semaphore.clone().try_acquire_owned().ok();
             let timed = ready.is_none();
+            // Whether a permit was had: without one, the pool was busy,
+            // which says nothing against the server.
+            let got_permit = AtomicBool::new(ready.is_some());
             let attempt = async {
                 let permit = match ready {
                     Some(p) => p,
-                    None => server
-                        .slot
-                        .semaphore
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("pool semaphore is never closed"),
+                    None => {
+                        let p = server
+                            .slot
+                            .semaphore
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .expect("pool semaphore is never closed");
+                        got_permit.store(true, Ordering::Relaxed);
+                        p
+                    }
                 };
                 let mut guard = PooledServer {
                     conn: None,
@@ -698,9 +719,13 @@ impl UserPool {
                     return Ok(conn);
                 }
                 Err(e) => {
-                    // With one server, a ban would only refuse clients for
+                    // Bans are for servers that fail: a connection could
+                    // not be opened. A saturated pool bans nothing. With
+                    // one server, a ban would only refuse clients for
                     // ban_time after the server is back.
-                    if several {
+                    let failed = got_permit.load(Ordering::Relaxed)
+                        && (matches!(e, bb8::RunError::User(_)) || server.last_error().is_some());
+                    if several && failed {
                         tracing::warn!(server = %server.address, "banning server for {:?}", self.settings.ban_time);
                         server.ban(self.settings.ban_time);
                     }
@@ -719,9 +744,25 @@ impl UserPool {
         })
     }
 
-    /// What these startup settings came to last time, if known.
+    /// What these startup settings came to last time, if known. No
+    /// settings at all come to what a fresh connection reports, known
+    /// once any connection has opened: such a login needs no server even
+    /// when every one is busy.
     pub fn known_login(&self, startup: &StartupSettings) -> Option<Arc<LoginSettings>> {
-        self.logins.lock().get(startup).cloned()
+        let mut logins = self.logins.lock();
+        if let Some(l) = logins.get(startup) {
+            return Some(l.clone());
+        }
+        if startup.is_empty() {
+            let reported = self.defaults.lock().clone()?;
+            let login = Arc::new(LoginSettings {
+                settings: Settings::empty(),
+                reported: Arc::new(reported),
+            });
+            logins.insert(Vec::new(), login.clone());
+            return Some(login);
+        }
+        None
     }
 
     /// Remembers what startup settings came to.
@@ -816,6 +857,25 @@ impl PoolSet {
                 Some(p) => Lookup::Found(p.clone()),
                 None => Lookup::NoUser,
             },
+        }
+    }
+
+    /// What to run with a client whose database or user pgcat does not
+    /// have: an exchange no password passes, by the method that user has
+    /// elsewhere (SCRAM when none), so the client learns nothing of which
+    /// users and databases exist.
+    pub fn mock_auth(&self, user: &str) -> ClientAuth {
+        let md5 = self
+            .iter()
+            .find(|p| p.settings.user == user)
+            .is_some_and(|p| matches!(p.settings.auth, ClientAuth::Md5(_)));
+        if md5 {
+            let mut raw = [0u8; 16];
+            rand::thread_rng().fill(&mut raw);
+            let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            ClientAuth::Md5(format!("md5{hex}").into())
+        } else {
+            ClientAuth::Scram(crate::proxy::auth::ScramSecret::mock(user))
         }
     }
 

@@ -212,8 +212,10 @@ const READBACK_SETTING: &str = "s";
 /// ...the value the client had for `statement_timeout` before pgcat
 /// turned it off for its own statements...
 const READBACK_TIMEOUT: &str = "t";
-/// ...or one of the protocol-level statements on the server.
+/// ...or one of the protocol-level statements on the server...
 const READBACK_STATEMENT: &str = "p";
+/// ...or the reset value of `statement_timeout`, in milliseconds.
+const READBACK_RESET: &str = "r";
 
 /// The one query pgcat runs after a transaction that may have changed
 /// session state: `cleanup` (see [`cleanup_sql`]) first, then the session
@@ -222,12 +224,11 @@ const READBACK_STATEMENT: &str = "p";
 /// the `custom` settings by name), and with `statements` the statements
 /// left on the server.
 ///
-/// It starts by reading the client's `statement_timeout` and setting it
-/// to 0 at session level, so that a client's tiny timeout cannot cancel
-/// pgcat's own statements; the next checkout applies the client's value
-/// again. The whole query is one implicit transaction: if that first
-/// statement is cancelled after all, nothing happened and it can be run
-/// again.
+/// It starts by reading the client's `statement_timeout` and turning it
+/// off for the rest of the query (`set_config(..., true)`: the query is
+/// one implicit transaction), so that a client's tiny timeout cannot
+/// cancel pgcat's own statements. If that first statement is cancelled
+/// after all, nothing happened and the query can be run again.
 pub fn readback_sql<'a>(
     login_user: &str,
     custom: impl Iterator<Item = &'a str>,
@@ -237,13 +238,19 @@ pub fn readback_sql<'a>(
     let mut sql = format!(
         "SELECT '{READBACK_TIMEOUT}', 'statement_timeout', \
          pg_catalog.current_setting('statement_timeout'), \
-         pg_catalog.set_config('statement_timeout', '0', false);"
+         pg_catalog.set_config('statement_timeout', '0', true);"
     );
     if let Some(clean) = cleanup {
         sql.push_str(clean);
     }
+    // statement_timeout is the value set just above for the rest of this
+    // transaction: its reset value is read instead, to tell whether the
+    // client's differs from it.
     sql.push_str(&format!(
-        "SELECT '{READBACK_SETTING}', name, setting FROM pg_catalog.pg_settings WHERE source = 'session' \
+        "SELECT '{READBACK_SETTING}', name, setting FROM pg_catalog.pg_settings \
+         WHERE source = 'session' AND name <> 'statement_timeout' \
+         UNION ALL SELECT '{READBACK_RESET}', name, reset_val FROM pg_catalog.pg_settings \
+         WHERE name = 'statement_timeout' \
          UNION ALL SELECT '{READBACK_SETTING}', 'role', pg_catalog.current_setting('role') \
          WHERE pg_catalog.current_setting('role') <> 'none' \
          UNION ALL SELECT '{READBACK_SETTING}', 'session_authorization', session_user::text \
@@ -271,26 +278,49 @@ pub fn readback_sql<'a>(
 /// What a readback query found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Readback {
-    /// The server's session settings now.
-    pub actual: Settings,
-    /// The client's: the same, with its own `statement_timeout`.
-    pub client: Settings,
+    /// The session settings, of the server and so of the client.
+    pub settings: Settings,
     /// Names of the protocol-level statements on the server.
     pub statements: Vec<String>,
 }
 
-/// Reads the rows of a [`readback_sql`] query.
+/// How PostgreSQL displays a time setting of `ms` milliseconds: in the
+/// largest unit that divides it.
+fn display_ms(ms: i64) -> String {
+    if ms == 0 {
+        return "0".into();
+    }
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("min", 60_000),
+        ("s", 1000),
+    ] {
+        if ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// Reads the rows of a [`readback_sql`] query. The `statement_timeout`
+/// read first (before pgcat turned it off for its own statements) counts
+/// as a session setting when it differs from its reset value.
 pub fn parse_readback(rows: &[Vec<Option<String>>]) -> Readback {
-    let mut actual = Vec::new();
+    let mut pairs = Vec::new();
     let mut timeout = None;
+    let mut reset = None;
     let mut statements = Vec::new();
     for row in rows {
         match row.as_slice() {
             [Some(kind), Some(name), Some(value), ..] if kind == READBACK_SETTING => {
-                actual.push((name.clone(), value.clone()))
+                pairs.push((name.clone(), value.clone()))
             }
             [Some(kind), _, Some(value), ..] if kind == READBACK_TIMEOUT => {
                 timeout = Some(value.clone())
+            }
+            [Some(kind), _, Some(value), ..] if kind == READBACK_RESET => {
+                reset = value.parse::<i64>().ok().map(display_ms)
             }
             [Some(kind), Some(name), ..] if kind == READBACK_STATEMENT => {
                 statements.push(name.clone())
@@ -298,15 +328,13 @@ pub fn parse_readback(rows: &[Vec<Option<String>>]) -> Readback {
             _ => {}
         }
     }
-    let actual = Settings::from_pairs(actual);
-    let mut client = actual.pairs.clone();
     if let Some(t) = timeout {
-        client.retain(|(k, _)| k != "statement_timeout");
-        client.push(("statement_timeout".into(), t));
+        if Some(&t) != reset.as_ref() {
+            pairs.push(("statement_timeout".into(), t));
+        }
     }
     Readback {
-        actual,
-        client: Settings::from_pairs(client),
+        settings: Settings::from_pairs(pairs),
         statements,
     }
 }
@@ -507,24 +535,54 @@ mod tests {
     }
 
     #[test]
-    fn readback_rows_give_the_client_its_own_timeout() {
+    fn readback_rows_keep_a_statement_timeout_that_differs_from_its_default() {
         let row = |k: &str, n: &str, v: &str| vec![Some(k.into()), Some(n.into()), Some(v.into())];
-        let rows = vec![
+        let rows = |t: &str, reset: &str| {
             vec![
-                Some("t".into()),
-                Some("statement_timeout".into()),
-                Some("1ms".into()),
-                Some("0".into()),
-            ],
-            row("s", "statement_timeout", "0"),
-            row("s", "work_mem", "77"),
-            row("p", "pgcat_x", ""),
-        ];
-        let r = parse_readback(&rows);
-        assert_eq!(r.actual.get("statement_timeout"), Some("0"));
-        assert_eq!(r.client.get("statement_timeout"), Some("1ms"));
-        assert_eq!(r.client.get("work_mem"), Some("77"));
+                vec![
+                    Some("t".into()),
+                    Some("statement_timeout".into()),
+                    Some(t.into()),
+                    Some("0".into()),
+                ],
+                row("r", "statement_timeout", reset),
+                row("s", "work_mem", "77"),
+                row("p", "pgcat_x", ""),
+            ]
+        };
+        let r = parse_readback(&rows("1ms", "0"));
+        assert_eq!(r.settings.get("statement_timeout"), Some("1ms"));
+        assert_eq!(r.settings.get("work_mem"), Some("77"));
         assert_eq!(r.statements, vec!["pgcat_x".to_string()]);
+        assert_eq!(
+            parse_readback(&rows("0", "0"))
+                .settings
+                .get("statement_timeout"),
+            None
+        );
+        assert_eq!(
+            parse_readback(&rows("5s", "5000"))
+                .settings
+                .get("statement_timeout"),
+            None
+        );
+        assert_eq!(
+            parse_readback(&rows("0", "5000"))
+                .settings
+                .get("statement_timeout"),
+            Some("0")
+        );
+    }
+
+    #[test]
+    fn time_settings_display_as_postgres_does() {
+        assert_eq!(display_ms(0), "0");
+        assert_eq!(display_ms(1), "1ms");
+        assert_eq!(display_ms(1500), "1500ms");
+        assert_eq!(display_ms(5000), "5s");
+        assert_eq!(display_ms(120_000), "2min");
+        assert_eq!(display_ms(7_200_000), "2h");
+        assert_eq!(display_ms(86_400_000), "1d");
     }
 
     #[test]

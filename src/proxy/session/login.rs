@@ -14,7 +14,7 @@ use socket2::SockRef;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{ClientState, ClientsGauge, Counts, Session, LOGIN_TIMEOUT};
+use super::{ClientState, ClientsGauge, Counts, Session};
 use crate::proxy::auth::{self, ClientAuthError};
 use crate::proxy::net::SocketSettings;
 use crate::proxy::pool::{CheckoutError, LoginSettings, Lookup, UserPool};
@@ -43,11 +43,11 @@ pub(super) async fn login(
         tracing::debug!(%peer, error = %e, "could not set client socket options");
     }
     let mut buf = BytesMut::new();
-    let startup = tokio::time::timeout(
-        LOGIN_TIMEOUT,
-        startup(&mut stream, &mut buf, &shared, &socket),
-    )
-    .await;
+    // One deadline for startup and authentication together.
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(config.general.client_login_timeout);
+    let startup =
+        tokio::time::timeout_at(deadline, startup(&mut stream, &mut buf, &shared, &socket)).await;
     let params = match startup {
         Ok(Ok(Some(params))) => params,
         Ok(Ok(None)) => return None,
@@ -121,29 +121,30 @@ pub(super) async fn login(
                 return None;
             }
         };
-    let pool = match shared.pools.load().lookup(&database, &user) {
+    let pools = shared.pools.load_full();
+    let pool = match pools.lookup(&database, &user) {
         Lookup::Found(p) => p,
-        Lookup::NoDatabase => {
-            refuse(
-                &mut stream,
-                "3D000",
-                &format!("database \"{database}\" does not exist"),
+        Lookup::NoDatabase | Lookup::NoUser => {
+            // Whether the user or the database is missing is not said to
+            // a client that has not authenticated: it gets the same
+            // exchange and the same error as a wrong password.
+            let mock = pools.mock_auth(&user);
+            let auth = tokio::time::timeout_at(
+                deadline,
+                auth::authenticate_client(&mut stream, &mut buf, &user, &mock),
             )
             .await;
-            return None;
-        }
-        Lookup::NoUser => {
-            refuse(
-                &mut stream,
-                "28000",
-                &format!("role \"{user}\" does not exist"),
-            )
-            .await;
+            if !matches!(auth, Ok(Err(ClientAuthError::Io(_)))) {
+                tracing::info!(%peer, %user, %database, "client asked for a database or user pgcat does not have");
+                let e = ClientAuthError::BadPassword(user.clone());
+                refuse(&mut stream, e.sqlstate(), &e.to_string()).await;
+            }
             return None;
         }
     };
-    let auth = tokio::time::timeout(
-        LOGIN_TIMEOUT,
+    drop(pools);
+    let auth = tokio::time::timeout_at(
+        deadline,
         auth::authenticate_client(&mut stream, &mut buf, &user, &pool.settings.auth),
     )
     .await;
@@ -240,8 +241,7 @@ pub(super) async fn login(
         pool: None,
         cached_pool: None,
         cleanup_server_connections: false,
-        statement_cache_size: 0,
-        max_prepared_statements: 0,
+        limits: Default::default(),
         server_user: Arc::from(""),
         state,
         info,
@@ -254,6 +254,7 @@ pub(super) async fn login(
         held: Box::default(),
         shared: shared.clone(),
         skipping: false,
+        timed_out: false,
         counts: Counts::default(),
         request_started: None,
         xact_started: None,
@@ -409,11 +410,11 @@ async fn login_settings(
         false,
     );
     let read = parse_readback(&super::state::own_query(&mut server, &sql).await?);
-    server.settings = Arc::new(read.actual);
-    let settings = Arc::new(read.client);
+    let settings = Arc::new(read.settings);
+    server.settings = settings.clone();
     let login = Arc::new(LoginSettings {
         settings,
-        reported: server.params.clone(),
+        reported: Arc::new(server.params.clone()),
     });
     drop(server);
     pool.remember_login(startup, login.clone());

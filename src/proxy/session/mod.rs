@@ -45,8 +45,6 @@ use super::server::Params;
 use super::stats::{ClientInfo, GaugeGuard, KillSwitch, PoolStats, Registration, ServerState};
 use super::{buffers, Shared};
 
-/// A client must finish startup and authentication within this time.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes asked of the kernel per read.
 const READ_SIZE: usize = 16 * 1024;
 /// Messages larger than this are forwarded as they arrive instead of
@@ -55,6 +53,9 @@ const STREAM_THRESHOLD: usize = 64 * 1024;
 /// Stop reading from one side while this much is waiting to be written
 /// to the other.
 const HIGH_WATER: usize = 256 * 1024;
+/// How long a server connection waits, before going back to the pool,
+/// for a cancel its client sent to reach PostgreSQL.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
 /// Bound on pgcat's own queries: settings, readback, cleanup.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -104,6 +105,8 @@ pub enum SessionEnd {
     NoServer(String),
     PoolRemoved(String),
     Shutdown,
+    Stalled(String),
+    IdleTimeout,
 }
 
 /// What stopped the pump.
@@ -116,6 +119,25 @@ enum Outcome {
     ClientGone,
     ClientProtocol(FrameErrorOrMalformed),
     ServerFailed(io::Error),
+    /// The client neither took its results nor finished its message for
+    /// `stalled_client_timeout`.
+    Stalled,
+    /// The client sat idle in a transaction for
+    /// `idle_client_in_transaction_timeout`.
+    IdleInTransaction,
+}
+
+/// What a pump that has nothing to do is waiting for from its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientWait {
+    /// Nothing: the server is working, or the transaction is over.
+    Nothing,
+    /// To take results pgcat has for it.
+    Reading,
+    /// The rest of a message it started.
+    Message,
+    /// Its next statement, inside a transaction.
+    InTransaction,
 }
 
 #[derive(Debug)]
@@ -142,8 +164,10 @@ struct ClientState {
     settings: Arc<Settings>,
     /// The startup settings among them: what a RESET goes back to.
     startup: Arc<Settings>,
-    /// The ParameterStatus values the client was told last.
-    reported: Params,
+    /// The ParameterStatus values the client was told last; shared with
+    /// every client that logged in with the same settings until one
+    /// changes.
+    reported: Arc<Params>,
     /// Transaction mode: named statements by the client's names.
     statements: ClientStatements,
     /// Transaction mode: the client's unnamed statement.
@@ -205,8 +229,8 @@ struct Session {
     /// set it was found in: saves the name lookup while no reload ran.
     cached_pool: Option<(u64, Arc<UserPool>)>,
     cleanup_server_connections: bool,
-    statement_cache_size: usize,
-    max_prepared_statements: usize,
+    /// Bounds from the config, refreshed when the pool changes.
+    limits: Limits,
     /// The user pgcat logs in to servers as (a different session user
     /// means the client ran SET SESSION AUTHORIZATION).
     server_user: Arc<str>,
@@ -221,12 +245,78 @@ struct Session {
     /// After an error answered without a server: drop messages up to the
     /// next Sync, as PostgreSQL does after an error.
     skipping: bool,
+    /// idle_client_in_transaction_timeout ended the client's transaction;
+    /// its next request learns so.
+    timed_out: bool,
     /// Counted locally and added to the pool's totals at release.
     counts: Counts,
     /// When the request in flight (messages sent, replies owed) began.
     request_started: Option<Instant>,
     /// When the transaction in progress began.
     xact_started: Option<Instant>,
+}
+
+/// The bounds a session works within (see `docs/architecture.md`), kept
+/// small: every idle client carries them.
+#[derive(Debug, Clone, Copy, Default)]
+struct Limits {
+    statement_cache_size: u32,
+    max_prepared_statements: u32,
+    max_buffered_message: u32,
+    /// `stalled_client_timeout`, ms (0: none).
+    stall_ms: u32,
+    /// `idle_client_in_transaction_timeout`, ms (0: none).
+    idle_in_transaction_ms: u32,
+    /// `client_idle_timeout`, ms (0: none).
+    client_idle_ms: u32,
+}
+
+fn clamp32(v: u64) -> u32 {
+    v.min(u32::MAX as u64) as u32
+}
+
+impl Limits {
+    fn new(general: &super::config::General, pool: &super::pool::PoolSettings) -> Limits {
+        Limits {
+            statement_cache_size: clamp32(pool.statement_cache_size as u64),
+            max_prepared_statements: clamp32(pool.max_prepared_statements as u64),
+            max_buffered_message: clamp32(general.max_buffered_message as u64),
+            stall_ms: clamp32(general.stalled_client_timeout),
+            idle_in_transaction_ms: clamp32(
+                pool.idle_client_in_transaction_timeout
+                    .map_or(0, |d| d.as_millis() as u64),
+            ),
+            client_idle_ms: clamp32(general.client_idle_timeout),
+        }
+    }
+
+    fn ms(v: u32) -> Option<Duration> {
+        (v > 0).then(|| Duration::from_millis(v as u64))
+    }
+
+    fn stall(&self) -> Option<Duration> {
+        Self::ms(self.stall_ms)
+    }
+
+    fn idle_in_transaction(&self) -> Option<Duration> {
+        Self::ms(self.idle_in_transaction_ms)
+    }
+
+    fn client_idle(&self) -> Option<Duration> {
+        Self::ms(self.client_idle_ms)
+    }
+
+    fn statement_cache_size(&self) -> usize {
+        self.statement_cache_size as usize
+    }
+
+    fn max_prepared_statements(&self) -> usize {
+        self.max_prepared_statements as usize
+    }
+
+    fn max_buffered_message(&self) -> usize {
+        self.max_buffered_message as usize
+    }
 }
 
 /// Per-session counts, added to the pool's totals once per transaction.
@@ -258,7 +348,22 @@ impl Session {
                 }
                 // Idle: hold no buffers while the client is quiet.
                 self.release_buffers();
-                if self.client.readable().await.is_err() {
+                let readable = self.client.readable();
+                let ready = match self.limits.client_idle() {
+                    None => readable.await,
+                    Some(limit) => match tokio::time::timeout(limit, readable).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            self.fatal(
+                                "57P05",
+                                "terminating connection due to idle-session timeout (client_idle_timeout)",
+                            )
+                            .await;
+                            return SessionEnd::IdleTimeout;
+                        }
+                    },
+                };
+                if ready.is_err() {
                     return SessionEnd::ClientGone;
                 }
                 if self.shared.is_shutting_down() {
@@ -291,6 +396,13 @@ impl Session {
             }
             Ok(Some(h)) if h.tag == b'X' => return Some(SessionEnd::ClientGone),
             _ => {}
+        }
+        if self.timed_out {
+            // What the client sends after its transaction was ended by
+            // idle_client_in_transaction_timeout gets PgCat's error.
+            self.timed_out = false;
+            self.error_response("58000", "idle transaction timeout");
+            self.skipping = true;
         }
         if self.skipping {
             if let Err(e) = self.skip_until_sync().await {
@@ -328,6 +440,7 @@ impl Session {
         match outcome {
             Outcome::Released => {
                 self.info.set_idle();
+                self.await_cancels(&mut server).await;
                 server.last_used = super::stats::coarse_ms();
                 // The request ended cleanly: the connection may go back.
                 server.broken = false;
@@ -361,6 +474,31 @@ impl Session {
                 let msg = format!("invalid message from client: {e}");
                 self.fatal("08P01", &msg).await;
                 return Some(self.end(server, SessionEnd::ClientProtocol(msg)).await);
+            }
+            Outcome::Stalled => {
+                let msg = format!(
+                    "client stalled with a server connection for {} ms (stalled_client_timeout)",
+                    self.limits.stall().unwrap_or_default().as_millis()
+                );
+                tracing::warn!(db = %self.db, user = %self.user, peer = %self.info.peer, "{msg}");
+                self.fatal("08006", &msg).await;
+                return Some(self.end(server, SessionEnd::Stalled(msg)).await);
+            }
+            Outcome::IdleInTransaction => {
+                // PgCat's behaviour: the transaction is rolled back and the
+                // server released; the client stays, and its next request
+                // gets the error.
+                tracing::info!(db = %self.db, user = %self.user, peer = %self.info.peer, "idle transaction timeout");
+                self.cleanup(&mut server).await;
+                server.last_used = super::stats::coarse_ms();
+                self.info.set_idle();
+                self.await_cancels(&mut server).await;
+                drop(server);
+                self.pool = None;
+                self.timed_out = true;
+                if self.flush_client().await.is_err() {
+                    return Some(SessionEnd::ClientGone);
+                }
             }
             Outcome::ServerFailed(e) => {
                 server.broken = true;
@@ -416,6 +554,7 @@ impl Session {
             .as_ref()
             .filter(|(generation, _)| *generation == current)
             .map(|(_, p)| p.clone());
+        let fresh = cached.is_none();
         let (found, generation) = match cached {
             Some(p) => (Lookup::Found(p), current),
             None => {
@@ -425,11 +564,8 @@ impl Session {
         };
         let pool = match found {
             Lookup::Found(p) => {
-                if self
-                    .cached_pool
-                    .as_ref()
-                    .is_none_or(|(_, c)| !Arc::ptr_eq(c, &p))
-                {
+                if fresh {
+                    // A reload ran: the pool or the limits may have changed.
                     self.adopt_pool_settings(&p);
                     self.cached_pool = Some((generation, p.clone()));
                 }
@@ -469,10 +605,18 @@ impl Session {
     fn adopt_pool_settings(&mut self, p: &UserPool) {
         self.mode = p.settings.mode;
         self.cleanup_server_connections = p.settings.cleanup_server_connections;
-        self.statement_cache_size = p.settings.statement_cache_size;
-        self.max_prepared_statements = p.settings.max_prepared_statements;
+        self.limits = Limits::new(&self.shared.config.load().general, &p.settings);
         self.server_user = p.settings.login.user.as_str().into();
         self.state = p.state.clone();
+    }
+
+    /// The client has been marked idle: cancels it sent for this server
+    /// that are still on their way finish before anyone else gets it (or
+    /// it is closed).
+    async fn await_cancels(&mut self, server: &mut PooledServer) {
+        if !server.info.settle_cancels(CANCEL_WAIT).await {
+            server.broken = true;
+        }
     }
 
     /// Ends the session, bringing the server it held back to a clean
@@ -481,6 +625,7 @@ impl Session {
         self.cleanup(&mut server).await;
         server.last_used = super::stats::coarse_ms();
         self.info.set_idle();
+        self.await_cancels(&mut server).await;
         drop(server);
         self.pool = None;
         end
@@ -539,10 +684,16 @@ impl Session {
         messages::error_response(&mut self.to_client, Severity::Error, code, message);
     }
 
+    /// Says goodbye with a FATAL error; a client that does not read gets
+    /// one second, not forever.
     async fn fatal(&mut self, code: &str, message: &str) {
         messages::error_response(&mut self.to_client, Severity::Fatal, code, message);
-        let _ = self.flush_client().await;
-        let _ = self.client.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = self.flush_client().await;
+            let _ = self.client.shutdown().await;
+        })
+        .await;
+        self.to_client.clear();
     }
 
     async fn flush_client(&mut self) -> io::Result<()> {

@@ -8,6 +8,7 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -15,12 +16,16 @@ use bytes::{Buf, Bytes};
 use tokio::io::AsyncWrite;
 use tokio_util::io::poll_read_buf;
 
-use super::{FrameErrorOrMalformed, Outcome, Session, HIGH_WATER, READ_SIZE, STREAM_THRESHOLD};
+use super::{
+    ClientWait, FrameErrorOrMalformed, Outcome, Session, HIGH_WATER, READ_SIZE, STREAM_THRESHOLD,
+};
 use crate::proxy::buffers;
 use crate::proxy::config::PoolMode;
 use crate::proxy::mirror::MirrorHandle;
 use crate::proxy::pool::PooledServer;
-use crate::proxy::protocol::codec::{client_limit, peek_header, HEADER_LEN, MAX_MESSAGE_LEN};
+use crate::proxy::protocol::codec::{
+    client_limit, peek_header, FrameError, HEADER_LEN, MAX_MESSAGE_LEN,
+};
 use crate::proxy::protocol::effects::{deallocate, Deallocate, Effects, QueryHints};
 use crate::proxy::protocol::messages;
 use crate::proxy::protocol::tracker::Action;
@@ -30,16 +35,33 @@ use crate::proxy::server::Server;
 /// body are in: enough to see a simple query's first words.
 const HEADER_LEN_PLUS_STREAM_PEEK: usize = HEADER_LEN + 64;
 
+/// The portal and statement names at the start of a Bind whose header
+/// starts `buf`, once both are there.
+fn bind_names(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let body = buf.get(HEADER_LEN..)?;
+    let end = body.iter().position(|&b| b == 0)?;
+    let (portal, rest) = (&body[..end], &body[end + 1..]);
+    let end = rest.iter().position(|&b| b == 0)?;
+    Some((portal, &rest[..end]))
+}
+
 impl Session {
     /// Whether the buffer holds enough of the first message to act on: all
     /// of it, or enough of a large message to start streaming it.
     pub(super) fn first_message_ready(&self) -> bool {
         match peek_header(&self.cbuf, client_limit) {
+            Ok(Some(h)) if self.cbuf.len() >= h.total => true,
+            Ok(Some(h)) if h.total <= STREAM_THRESHOLD => false,
+            Ok(Some(h)) if self.mode == PoolMode::Transaction && h.tag == b'B' => {
+                bind_names(&self.cbuf).is_some()
+            }
+            // Held whole in transaction mode: one over the bound is
+            // reported by the pump rather than read.
+            Ok(Some(h)) if self.mode == PoolMode::Transaction && h.tag == b'P' => {
+                h.total > self.limits.max_buffered_message()
+            }
             Ok(Some(h)) => {
-                self.cbuf.len() >= h.total
-                    || (h.total > STREAM_THRESHOLD
-                        && self.can_stream_client(h.tag)
-                        && self.cbuf.len() >= HEADER_LEN_PLUS_STREAM_PEEK)
+                self.can_stream_client(h.tag) && self.cbuf.len() >= HEADER_LEN_PLUS_STREAM_PEEK
             }
             Ok(None) => false,
             // Let the pump report it.
@@ -95,6 +117,10 @@ impl Session {
             }
         });
         let mut stopping = false;
+        // Armed only while the pump waits on its client with a bound set:
+        // a round trip that waits on the server never touches it.
+        let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let mut armed = (ClientWait::Nothing, 0u64);
         poll_fn(|cx| {
             if !stopping && shutdown.as_mut().poll(cx).is_ready() {
                 stopping = true;
@@ -102,9 +128,62 @@ impl Session {
             if stopping && self.at_boundary() {
                 return Poll::Ready(Outcome::Shutdown);
             }
-            self.poll_pump(cx, server, mirrors)
+            if let Poll::Ready(o) = self.poll_pump(cx, server, mirrors) {
+                return Poll::Ready(o);
+            }
+            let wait = self.client_wait();
+            let limit = match wait {
+                ClientWait::Nothing => None,
+                ClientWait::Reading | ClientWait::Message => self.limits.stall(),
+                ClientWait::InTransaction => self.limits.idle_in_transaction(),
+            };
+            let Some(limit) = limit else {
+                armed.0 = ClientWait::Nothing;
+                return Poll::Pending;
+            };
+            // Bytes moved to or from the client since the timer was set
+            // are progress: the clock starts again.
+            let moved = self.counts.bytes_in.wrapping_add(self.counts.bytes_out);
+            if armed != (wait, moved) || timer.is_none() {
+                let deadline = tokio::time::Instant::now() + limit;
+                match timer.as_mut() {
+                    Some(t) => t.as_mut().reset(deadline),
+                    None => timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+                armed = (wait, moved);
+            }
+            match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) if wait == ClientWait::InTransaction => {
+                    Poll::Ready(Outcome::IdleInTransaction)
+                }
+                Some(Poll::Ready(())) => Poll::Ready(Outcome::Stalled),
+                _ => Poll::Pending,
+            }
         })
         .await
+    }
+
+    /// Why a pump with nothing to do is waiting on its client, if it is.
+    fn client_wait(&self) -> ClientWait {
+        if !self.to_client.is_empty() {
+            // What is left after a write returned Pending: the client's
+            // socket is full.
+            return ClientWait::Reading;
+        }
+        if self.client_left > 0 {
+            // The server cannot answer a message it has only part of.
+            return ClientWait::Message;
+        }
+        if !self.to_server.is_empty() || self.tracker.awaiting_replies() {
+            return ClientWait::Nothing;
+        }
+        if !self.cbuf.is_empty() {
+            return ClientWait::Message;
+        }
+        if self.tracker.status() != b'I' || self.tracker.unsynced() {
+            return ClientWait::InTransaction;
+        }
+        ClientWait::Nothing
     }
 
     fn release_ready(&self) -> bool {
@@ -157,7 +236,9 @@ impl Session {
             if self.release_ready() {
                 return Poll::Ready(Outcome::Released);
             }
-            if self.to_server.len() < HIGH_WATER {
+            // Nor while replies pgcat writes itself (synthesized ones, for
+            // a client that pipelines without reading) are waiting.
+            if self.to_server.len() < HIGH_WATER && self.to_client.len() < HIGH_WATER {
                 if self.cbuf.capacity() - self.cbuf.len() < READ_SIZE / 4 {
                     self.cbuf.reserve(READ_SIZE);
                 }
@@ -250,6 +331,25 @@ impl Session {
             };
             let available = rest.len();
             if available < h.total {
+                if transaction && h.tag == b'P' && h.total > self.limits.max_buffered_message() {
+                    self.move_client_run(pos);
+                    return Err(Outcome::ClientProtocol(FrameErrorOrMalformed::Frame(
+                        FrameError::TooLong {
+                            tag: 'P',
+                            len: h.total - 1,
+                            limit: self.limits.max_buffered_message(),
+                        },
+                    )));
+                }
+                if transaction && h.tag == b'B' && h.total > STREAM_THRESHOLD {
+                    if let Some((portal, name)) = bind_names(rest) {
+                        let (portal, name) = (portal.to_vec(), name.to_vec());
+                        self.move_client_run(pos);
+                        self.stream_bind(server, h.total, &portal, &name);
+                        pos = self.cbuf.len();
+                    }
+                    break;
+                }
                 if h.total > STREAM_THRESHOLD
                     && self.can_stream_client(h.tag)
                     && available >= HEADER_LEN_PLUS_STREAM_PEEK
@@ -411,7 +511,9 @@ impl Session {
                             *server.info.application_name.lock() = v.clone();
                         }
                         server.params.set(&k, &v);
-                        self.cs.reported.set(&k, &v);
+                        if self.cs.reported.differs(&k, &v) {
+                            Arc::make_mut(&mut self.cs.reported).set(&k, &v);
+                        }
                     }
                 }
                 _ => {}

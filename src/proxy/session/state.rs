@@ -74,9 +74,10 @@ impl Session {
                 .filter(|(k, v)| self.cs.reported.get(k) != Some(v))
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
+            let reported = Arc::make_mut(&mut self.cs.reported);
             for (k, v) in changed {
                 messages::parameter_status(&mut self.to_client, &k, &v);
-                self.cs.reported.set(&k, &v);
+                reported.set(&k, &v);
             }
         }
         Ok(())
@@ -118,8 +119,8 @@ impl Session {
         match own_query(server, &sql).await {
             Ok(rows) => {
                 let read = parse_readback(&rows);
-                let mine = Settings::overlay(&self.cs.startup, read.client);
-                let actual = Arc::new(read.actual);
+                let mine = Settings::overlay(&self.cs.startup, read.settings.clone());
+                let actual = Arc::new(read.settings);
                 self.cs.settings = if *actual == mine {
                     actual.clone()
                 } else {

@@ -108,11 +108,11 @@ impl Session {
                     return Ok(());
                 }
                 let prepared = Arc::new(Prepared::new(rest, query, types));
-                if let Err(TooMany(n)) =
-                    self.cs
-                        .statements
-                        .insert(name, prepared.clone(), self.max_prepared_statements)
-                {
+                if let Err(TooMany(n)) = self.cs.statements.insert(
+                    name,
+                    prepared.clone(),
+                    self.limits.max_prepared_statements(),
+                ) {
                     let msg = format!(
                         "pgcat: too many prepared statements on this connection \
                          (max_prepared_statements = {n}); close some first"
@@ -225,6 +225,48 @@ impl Session {
             _ => self.forward_as_is(tag, msg),
         }
         Ok(())
+    }
+
+    /// Transaction mode: a Bind too large to hold whole (its parameters)
+    /// streams. Its names are rewritten as for any Bind, from what is in
+    /// `cbuf` (the start of the message); the rest passes as it arrives.
+    pub(super) fn stream_bind(
+        &mut self,
+        server: &mut Server,
+        total: usize,
+        portal: &[u8],
+        name: &[u8],
+    ) {
+        self.counts.binds += 1;
+        let prefix = HEADER_LEN + portal.len() + 1 + name.len() + 1;
+        let prepared = (!name.is_empty())
+            .then(|| self.cs.statements.get(name).cloned())
+            .flatten();
+        match prepared {
+            Some(p) => {
+                self.ensure_prepared(server, &p);
+                if !p.hints.is_empty() {
+                    self.absorb(&p.hints);
+                }
+                let len = total - 1 - name.len() + p.name.len();
+                self.to_server.put_u8(b'B');
+                self.to_server.put_i32(len as i32);
+                messages::put_cstr(&mut self.to_server, portal);
+                messages::put_cstr(&mut self.to_server, p.name.as_bytes());
+                self.to_server.extend_from_slice(&self.cbuf[prefix..]);
+                self.tracker.push_extended(Expect::Bind { ticket: true });
+                self.held.tickets.push_back(Ticket::Bind(p.id));
+            }
+            None => {
+                if name.is_empty() {
+                    self.ensure_unnamed();
+                }
+                self.tracker.client_message(b'B');
+                self.to_server.extend_from_slice(&self.cbuf);
+            }
+        }
+        self.client_left = total - self.cbuf.len();
+        self.cbuf.clear();
     }
 
     fn forward_as_is(&mut self, tag: u8, msg: &[u8]) {
@@ -408,7 +450,7 @@ impl Session {
         self.counts.server_parses += 1;
         if let Some(evicted) = server
             .statements
-            .insert(prepared.id, self.statement_cache_size)
+            .insert(prepared.id, self.limits.statement_cache_size())
         {
             messages::close(&mut self.to_server, b'S', &evicted.server_name());
             self.tracker.push_extended(Expect::Close {
@@ -459,7 +501,7 @@ impl Session {
             Ticket::ServerParse { id, client } => match outcome {
                 Ended::Done => {
                     let mut known = self.state.known_statements.lock();
-                    if known.len() > 10 * self.statement_cache_size.max(1) {
+                    if known.len() > 10 * self.limits.statement_cache_size().max(1) {
                         known.clear();
                     }
                     known.insert(id);
@@ -573,7 +615,7 @@ impl Session {
             }
             pos += h.total;
         }
-        let limit = self.max_prepared_statements;
+        let limit = self.limits.max_prepared_statements();
         if limit > 0 && self.cs.statements.len() + batch.len() > limit {
             return false;
         }

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -305,7 +305,8 @@ impl ClientInfo {
 
     pub fn set_idle(&self) {
         self.wait_start.store(0, Ordering::Relaxed);
-        self.server.store(0, Ordering::Relaxed);
+        // SeqCst: see ServerInfo::begin_cancel.
+        self.server.store(0, Ordering::SeqCst);
         self.state.store(ClientState::Idle as u8, Ordering::Relaxed);
     }
 
@@ -357,9 +358,54 @@ pub struct ServerInfo {
     pub application_name: Mutex<String>,
     /// The socket, for keepalive read-back; -1 until connected.
     pub fd: AtomicI32,
+    /// Cancel requests being forwarded to this connection right now: it
+    /// stays out of the pool until they are done, so that a cancel meant
+    /// for one client's query cannot hit the next client's.
+    cancels: AtomicU32,
+    cancels_done: tokio::sync::Notify,
 }
 
 impl ServerInfo {
+    /// A cancel for this connection starts. Returns false (and counts
+    /// nothing) when `client` no longer holds it: its query is over and
+    /// the cancel must not be sent. Paired with [`ServerInfo::settle_cancels`]
+    /// on the release side, each checks the other's write (SeqCst), so one
+    /// of the two always sees the other.
+    pub fn begin_cancel(&self, client: &ClientInfo) -> bool {
+        self.cancels.fetch_add(1, Ordering::SeqCst);
+        if client.server.load(Ordering::SeqCst) == self.id {
+            true
+        } else {
+            self.end_cancel();
+            false
+        }
+    }
+
+    pub fn end_cancel(&self) {
+        if self.cancels.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.cancels_done.notify_waiters();
+        }
+    }
+
+    /// Before the connection goes back to the pool (the client has been
+    /// marked idle already): waits for cancels in flight, at most
+    /// `limit`. False if they did not finish.
+    pub async fn settle_cancels(&self, limit: Duration) -> bool {
+        if self.cancels.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        let wait = async {
+            loop {
+                let done = self.cancels_done.notified();
+                if self.cancels.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                done.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
     pub fn set_state(&self, state: ServerState, client: u64) {
         if state == ServerState::Active {
             self.request_time
@@ -562,6 +608,8 @@ impl Registry {
             client: AtomicU64::new(0),
             application_name: Mutex::new(String::new()),
             fd: AtomicI32::new(-1),
+            cancels: AtomicU32::new(0),
+            cancels_done: tokio::sync::Notify::new(),
         })
     }
 
