@@ -70,7 +70,7 @@ async fn a_half_sent_large_query_with_the_pool_exhausted_neither_spins_nor_block
     half.write_raw(b"'\0").await.unwrap();
     let r = half.read_until_ready().await.unwrap();
     assert!(
-        matches!(&r[0], Reply::Error { code, .. } if code == "53300"),
+        matches!(&r[0], Reply::Error { code, .. } if code == "58000"),
         "{r:?}"
     );
     assert_eq!(r.last(), Some(&Reply::Ready('I')), "{r:?}");
@@ -317,7 +317,7 @@ async fn a_saturated_pool_bans_nothing() {
     let waiter = proxy.connect(&db).await;
     for _ in 0..3 {
         let err = waiter.simple_query("SELECT 1").await.unwrap_err();
-        assert_eq!(err.code().map(|c| c.code()), Some("53300"), "{err}");
+        assert_eq!(err.code().map(|c| c.code()), Some("58000"), "{err}");
     }
     let admin = proxy.admin().await;
     let bans = admin_rows(&admin, "SHOW BANS").await;
@@ -394,5 +394,36 @@ async fn login_is_bounded_by_client_login_timeout() {
         Err(LoginError::Refused { code, message }) => panic!("{code} {message}"),
         Err(e) => panic!("{e:?}"),
     }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_failure_limit_disconnects_the_client_after_n_failures() {
+    let db = md5_db();
+    let mut s = spec(&db, 1);
+    s.pool_extra = "checkout_failure_limit = 2";
+    let text = config_text("", &[s]).replace("connect_timeout = 5000", "connect_timeout = 300");
+    let proxy = TestProxy::start(&text).await;
+    let holder = proxy.connect(&db).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let waiter = proxy.connect(&db).await;
+    // PgCat's behaviour: each failed checkout is 58000 and the client goes
+    // on, until the limit, which ends the connection.
+    for _ in 0..2 {
+        let err = waiter.simple_query("SELECT 1").await.unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("58000"), "{err}");
+    }
+    let err = waiter.simple_query("SELECT 1").await.unwrap_err();
+    assert!(
+        err.is_closed()
+            || err.as_db_error().is_some_and(|e| e
+                .message()
+                .contains("checkout failure limit reached (2 / 2)")),
+        "the third request finds the connection closed: {err:?}"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    // Other clients are served as before.
+    let other = proxy.connect(&db).await;
+    other.simple_query("SELECT 1").await.unwrap();
     proxy.stop().await;
 }

@@ -153,6 +153,21 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
 
+    if !s.certificates.is_empty() {
+        f.header(
+            "pgcat_tls_certificate_expiry_seconds",
+            "gauge",
+            "When each certificate file in force expires (seconds since the epoch).",
+        );
+        for c in &s.certificates {
+            f.sample(
+                "pgcat_tls_certificate_expiry_seconds",
+                &[("key", &c.key), ("path", &c.path), ("subject", &c.subject)],
+                c.not_after_unix as f64,
+            );
+        }
+    }
+
     f.header(
         "pgcat_pool_config_info",
         "gauge",
@@ -348,6 +363,28 @@ pub fn render(s: &Snapshot) -> String {
                     ("port", &port),
                 ],
                 sv.banned as u8 as f64,
+            );
+        }
+    }
+    f.header(
+        "pgcat_server_replica_lag_seconds",
+        "gauge",
+        "Replay lag of each server as the monitor last measured it (pools with replica_max_lag or auto roles).",
+    );
+    for p in &s.pools {
+        for sv in &p.servers {
+            let Some(lag) = sv.lag_ms else { continue };
+            let port = sv.port.to_string();
+            f.sample(
+                "pgcat_server_replica_lag_seconds",
+                &[
+                    ("pool", &p.db),
+                    ("user", &p.user),
+                    ("host", &sv.host),
+                    ("port", &port),
+                    ("role", sv.role),
+                ],
+                lag as f64 / 1000.0,
             );
         }
     }

@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::tls::Stream;
 use bytes::{Buf, Bytes, BytesMut};
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::protocol::codec::{peek_header, HEADER_LEN, MAX_MESSAGE_LEN};
@@ -732,7 +732,7 @@ impl Drop for Task {
 }
 
 impl Task {
-    fn stream(&mut self) -> &mut TcpStream {
+    fn stream(&mut self) -> &mut Stream {
         &mut self.conn.as_mut().expect("connected").server.stream
     }
 
@@ -801,8 +801,7 @@ impl Task {
     /// Waits for replies, lets more of them arrive, then reads them in
     /// one go.
     async fn read_batched(&mut self) -> io::Result<()> {
-        let stream = &self.conn.as_ref().expect("connected").server.stream;
-        stream.readable().await?;
+        self.stream().readable().await?;
         if self.pending.len() > 1 {
             tokio::time::sleep(LINGER).await;
         }
@@ -874,31 +873,51 @@ impl Task {
         if rbuf.capacity() < 4096 {
             rbuf.reserve(16 * 1024);
         }
+        enum Event {
+            Wrote(io::Result<usize>),
+            Read(io::Result<usize>),
+        }
         let result = loop {
             if data.is_empty() {
                 break Ok(true);
             }
-            let stream = &self.conn.as_ref().expect("connected").server.stream;
-            tokio::select! {
-                _ = &mut *exit => break Ok(false),
-                r = stream.writable() => {
-                    if let Err(e) = r { break Err(e) }
-                    match stream.try_write(data) {
-                        Ok(n) => data = &data[n..],
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => break Err(e),
-                    }
+            rbuf.clear();
+            let stream = &mut self.conn.as_mut().expect("connected").server.stream;
+            // Write and read in one poll: whichever can progress does.
+            let progress = std::future::poll_fn(|cx| {
+                use std::task::Poll;
+                use tokio::io::AsyncWrite;
+                if let Poll::Ready(r) = std::pin::Pin::new(&mut *stream).poll_write(cx, data) {
+                    return Poll::Ready(Event::Wrote(r));
                 }
-                r = stream.readable() => {
-                    if let Err(e) = r { break Err(e) }
-                    rbuf.clear();
-                    match stream.try_read_buf(&mut rbuf) {
-                        Ok(0) => break Err(io::Error::new(io::ErrorKind::UnexpectedEof, "mirror closed the connection")),
-                        Ok(_) => self.handle_replies(&rbuf),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => break Err(e),
-                    }
+                match tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *stream), cx, &mut rbuf)
+                {
+                    Poll::Ready(r) => Poll::Ready(Event::Read(r)),
+                    Poll::Pending => Poll::Pending,
                 }
+            });
+            let event = tokio::select! {
+                _ = &mut *exit => None,
+                event = progress => Some(event),
+            };
+            match event {
+                None => break Ok(false),
+                Some(Event::Wrote(Ok(0))) => {
+                    break Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "mirror connection closed",
+                    ))
+                }
+                Some(Event::Wrote(Ok(n))) => data = &data[n..],
+                Some(Event::Wrote(Err(e))) => break Err(e),
+                Some(Event::Read(Ok(0))) => {
+                    break Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "mirror closed the connection",
+                    ))
+                }
+                Some(Event::Read(Ok(_))) => self.handle_replies(&rbuf),
+                Some(Event::Read(Err(e))) => break Err(e),
             }
         };
         rbuf.clear();

@@ -15,10 +15,12 @@ pub mod net;
 pub mod pool;
 pub mod protocol;
 pub mod reload;
+pub mod router;
 pub mod secret;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod tls;
 pub(crate) mod wire;
 
 use std::future::Future;
@@ -48,6 +50,9 @@ pub struct Shared {
     /// The generation of the set in `pools`, readable without touching
     /// the ArcSwap: sessions that remember their pool check this.
     pub pools_generation: std::sync::atomic::AtomicU64,
+    /// TLS towards clients and servers; certificate files are re-read on
+    /// every reload.
+    pub tls: Arc<tls::TlsState>,
     pub cancel: Arc<CancelRegistry>,
     /// Every client and server connection, for the admin console.
     pub registry: Arc<Registry>,
@@ -145,7 +150,10 @@ impl Proxy {
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let local_addr = listener.local_addr()?;
         let registry = Arc::new(Registry::default());
-        let pools = PoolSet::build(&config, None, &registry, &Default::default());
+        let tls = Arc::new(tls::TlsState::default());
+        tls.load(&config.general.tls_settings())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let pools = PoolSet::build(&config, None, &registry, &Default::default(), &tls);
         let metrics = config.general.enable_prometheus_exporter.then(|| {
             format!(
                 "{}:{}",
@@ -157,6 +165,7 @@ impl Proxy {
             config: ArcSwap::from_pointee(config),
             pools_generation: std::sync::atomic::AtomicU64::new(pools.generation),
             pools: ArcSwap::from_pointee(pools),
+            tls,
             cancel: Arc::new(CancelRegistry::default()),
             registry,
             started_at: SystemTime::now(),

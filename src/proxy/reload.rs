@@ -94,8 +94,31 @@ pub fn apply(
     for key in old_config.general.restart_only_changes(&config.general) {
         tracing::warn!("general.{key} changed; it takes effect after a restart");
     }
+    // Certificates first: a file that does not load keeps the previous
+    // TLS configs, and the reload reports it.
+    let tls_error = match shared.tls.load(&config.general.tls_settings()) {
+        Ok(changed) => {
+            if changed {
+                tracing::info!(trigger, "TLS certificates loaded");
+            }
+            None
+        }
+        Err(e) => {
+            tracing::error!(
+                trigger,
+                "TLS files not reloaded, keeping the previous ones: {e}"
+            );
+            Some(format!("{e}; keeping the previous TLS configuration"))
+        }
+    };
     let old_pools = shared.pools.load_full();
-    let new_pools = PoolSet::build(&config, Some(&old_pools), &shared.registry, force);
+    let new_pools = PoolSet::build(
+        &config,
+        Some(&old_pools),
+        &shared.registry,
+        force,
+        &shared.tls,
+    );
     let changed = new_pools.changed_since(&old_pools);
     shared.config.store(Arc::new(config));
     shared.publish_pools(Arc::new(new_pools));
@@ -103,8 +126,8 @@ pub fn apply(
     let record = ReloadRecord {
         at_unix: unix_secs(SystemTime::now()),
         trigger: trigger.to_string(),
-        ok: true,
-        error: None,
+        ok: tls_error.is_none(),
+        error: tls_error,
         changed,
     };
     tracing::info!(trigger, changed = ?record.changed, "config reloaded");

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
+pub use super::auth::Passthrough;
 use super::auth::{ServerAuthError, ServerLogin};
 use super::config::Role;
 use super::net::{self, SocketSettings};
@@ -20,6 +20,7 @@ use super::protocol::settings::Settings;
 use super::protocol::statements::{ServerStatements, Unnamed};
 use super::secret::Secret;
 use super::stats::{NewServer, Registration, Registry, ServerInfo, ServerState};
+use super::tls::{self, Stream, TlsState};
 use super::wire;
 
 /// Where a server is and what it is for.
@@ -41,10 +42,15 @@ impl std::fmt::Display for ServerAddress {
 }
 
 /// How to log in to a server.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 pub struct LoginInfo {
     pub user: String,
     pub password: Option<Secret>,
+    /// For users without a password (auth_query): the secret learnt from
+    /// the clients that logged in.
+    pub passthrough: Option<Arc<Passthrough>>,
+    /// TLS towards the server (the connector in force when connecting).
+    pub tls: Option<Arc<TlsState>>,
     /// statement_timeout in ms, sent in the startup packet (0: not sent).
     pub statement_timeout: u64,
     pub socket: SocketSettings,
@@ -123,6 +129,8 @@ pub enum ServerError {
     Connect { addr: String, source: io::Error },
     #[error("timed out connecting to {0}")]
     ConnectTimeout(String),
+    #[error("TLS to {addr} failed: {reason}")]
+    Tls { addr: String, reason: String },
     #[error("login to {addr} failed: {source}")]
     Auth {
         addr: String,
@@ -147,7 +155,7 @@ pub type Rows = Vec<Vec<Option<String>>>;
 /// One server connection.
 #[derive(Debug)]
 pub struct Server {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub address: Arc<ServerAddress>,
     /// What PostgreSQL reported at login and since.
     pub params: Params,
@@ -212,7 +220,7 @@ impl Server {
         registration: Option<Registration>,
     ) -> Result<Server, ServerError> {
         let addr = address.to_string();
-        let mut stream = net::connect(&address.host, address.port, &login.socket)
+        let tcp = net::connect(&address.host, address.port, &login.socket)
             .await
             .map_err(|source| ServerError::Connect {
                 addr: addr.clone(),
@@ -220,9 +228,17 @@ impl Server {
             })?;
         {
             use std::os::fd::AsRawFd;
-            *info.local.lock() = stream.local_addr().ok();
-            info.fd.store(stream.as_raw_fd(), Ordering::Relaxed);
+            *info.local.lock() = tcp.local_addr().ok();
+            info.fd.store(tcp.as_raw_fd(), Ordering::Relaxed);
         }
+        let connector = login.tls.as_ref().and_then(|t| t.connector.load_full());
+        let mut stream = tls::connect(tcp, &address.host, connector.as_deref())
+            .await
+            .map_err(|e| ServerError::Tls {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        *info.tls.lock() = stream.tls_description();
         let timeout = login.statement_timeout.to_string();
         let mut startup: Vec<(&str, &str)> = vec![
             ("user", login.user.as_str()),
@@ -235,7 +251,9 @@ impl Server {
         messages::startup(&mut out, &startup);
         stream.write_all(&out).await?;
 
-        let mut auth = ServerLogin::new(&login.user, login.password.as_deref());
+        let passthrough = login.passthrough.as_ref().and_then(|p| p.get());
+        let mut auth =
+            ServerLogin::new(&login.user, login.password.as_deref()).with_passthrough(passthrough);
         let mut buf = BytesMut::with_capacity(1024);
         let mut params = Params::default();
         let mut key = (0, 0);
@@ -312,6 +330,39 @@ impl Server {
         self.unnamed = None;
         let mut out = BytesMut::with_capacity(sql.len() + 8);
         messages::query(&mut out, sql);
+        let mut rows = Vec::new();
+        self.exchange_collect(&out, limit, Some(&mut rows)).await?;
+        Ok(rows)
+    }
+
+    /// Runs `sql` with text parameters through the extended protocol (so a
+    /// value is never spliced into SQL); the rows in text form.
+    pub async fn query_params(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+        limit: Duration,
+    ) -> Result<Rows, ServerError> {
+        use bytes::BufMut;
+        self.unnamed = None;
+        let mut out = BytesMut::with_capacity(sql.len() + 64);
+        messages::parse(&mut out, "", sql.as_bytes(), &[0, 0]);
+        // Bind: unnamed portal and statement, all parameters text.
+        let at = out.len();
+        out.put_u8(b'B');
+        out.put_i32(0);
+        out.put_slice(b"\0\0");
+        out.put_i16(0);
+        out.put_i16(params.len() as i16);
+        for p in params {
+            out.put_i32(p.len() as i32);
+            out.put_slice(p.as_bytes());
+        }
+        out.put_i16(0);
+        let len = (out.len() - at - 1) as i32;
+        out[at + 1..at + 5].copy_from_slice(&len.to_be_bytes());
+        out.put_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+        messages::sync(&mut out);
         let mut rows = Vec::new();
         self.exchange_collect(&out, limit, Some(&mut rows)).await?;
         Ok(rows)
@@ -394,13 +445,14 @@ impl Server {
     /// become readable, which a quiet healthy connection never does.
     pub fn is_stale(&self) -> bool {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
+        let tcp = self.stream.tcp();
+        match tcp.poll_read_ready(&mut cx) {
             std::task::Poll::Pending => false,
             std::task::Poll::Ready(Err(_)) => true,
             std::task::Poll::Ready(Ok(())) => {
                 use std::os::fd::AsRawFd;
-                let fd = self.stream.as_raw_fd();
-                let peek = self.stream.try_io(tokio::io::Interest::READABLE, || {
+                let fd = tcp.as_raw_fd();
+                let peek = tcp.try_io(tokio::io::Interest::READABLE, || {
                     let mut byte = 0u8;
                     // SAFETY: a one-byte peek into a local buffer.
                     let n = unsafe {
@@ -428,7 +480,7 @@ impl Server {
     pub fn terminate(&mut self) {
         let mut out = BytesMut::with_capacity(5);
         messages::terminate(&mut out);
-        let _ = self.stream.try_write(&out);
+        self.stream.try_write_last(&out);
     }
 }
 

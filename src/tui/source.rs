@@ -17,7 +17,7 @@ use crate::proxy::protocol::codec::MAX_MESSAGE_LEN;
 use crate::proxy::protocol::messages::{self, parse_error_fields, read_cstr};
 use crate::proxy::server::{LoginInfo, Server, ServerAddress};
 use crate::proxy::stats::snapshot::{
-    ClientSnapshot, PoolServerSnapshot, PoolSnapshot, ServerSnapshot, Snapshot,
+    CertificateSnapshot, ClientSnapshot, PoolServerSnapshot, PoolSnapshot, ServerSnapshot, Snapshot,
 };
 use crate::proxy::stats::{Averages, ReloadRecord, Totals};
 use crate::proxy::{wire, Shared};
@@ -106,6 +106,8 @@ impl AdminClient {
         let login = LoginInfo {
             user: url.user.clone(),
             password: url.password.clone(),
+            passthrough: None,
+            tls: None,
             statement_timeout: 0,
             socket: SocketSettings {
                 keepalive_idle: Duration::from_secs(5),
@@ -323,6 +325,8 @@ fn intern(s: &str) -> &'static str {
         "session",
         "primary",
         "replica",
+        "auto",
+        "unknown",
         "idle",
         "active",
         "waiting",
@@ -393,6 +397,8 @@ async fn remote_snapshot(c: &mut AdminClient, url: &AdminUrl) -> Result<Snapshot
     let servers = c.query("SHOW SERVERS").await?;
     let clients = c.query("SHOW CLIENTS").await?;
     let reloads = c.query("SHOW RELOADS").await?;
+    // An older pgcat has no SHOW CERTIFICATES: show none.
+    let certificates = c.query("SHOW CERTIFICATES").await.unwrap_or_default();
     let key = |r: &Row| (get(r, "database").to_string(), get(r, "user").to_string());
     let pools = pools
         .iter()
@@ -457,6 +463,8 @@ async fn remote_snapshot(c: &mut AdminClient, url: &AdminUrl) -> Result<Snapshot
                             port: num(d, "port"),
                             database: get(d, "database").to_string(),
                             role: intern(get(d, "role")),
+                            configured_role: intern(get(d, "role")),
+                            lag_ms: get(d, "replica_lag_ms").parse().ok(),
                             shard: num(d, "shard"),
                             banned: banned.is_some(),
                             ban_remaining_s: banned.map(|b| num(b, "remaining_s")).unwrap_or(0),
@@ -506,7 +514,8 @@ async fn remote_snapshot(c: &mut AdminClient, url: &AdminUrl) -> Result<Snapshot
             host: get(s, "addr").to_string(),
             port: num(s, "port"),
             database: get(s, "database").to_string(),
-            role: "?",
+            role: intern(get(s, "role")),
+            lag_ms: get(s, "replica_lag_ms").parse().ok(),
             local_addr: get(s, "local_addr").to_string(),
             local_port: num(s, "local_port"),
             connect_time_unix: parse_timestamp(get(s, "connect_time")),
@@ -515,6 +524,7 @@ async fn remote_snapshot(c: &mut AdminClient, url: &AdminUrl) -> Result<Snapshot
             remote_pid: num(s, "remote_pid"),
             application_name: get(s, "application_name").to_string(),
             socket: socket_from(s),
+            tls: Some(get(s, "tls").to_string()).filter(|t| !t.is_empty()),
         })
         .collect();
     let clients = clients
@@ -535,6 +545,7 @@ async fn remote_snapshot(c: &mut AdminClient, url: &AdminUrl) -> Result<Snapshot
             server_id: u64::from_str_radix(get(c, "link"), 16).unwrap_or(0),
             application_name: get(c, "application_name").to_string(),
             socket: socket_from(c),
+            tls: Some(get(c, "tls").to_string()).filter(|t| !t.is_empty()),
         })
         .collect();
     let reloads = reloads
@@ -567,6 +578,15 @@ async fn remote_snapshot(c: &mut AdminClient, url: &AdminUrl) -> Result<Snapshot
         reloads,
         reload_count: status_num("reloads"),
         reload_failures: status_num("reload_failures"),
+        certificates: certificates
+            .iter()
+            .map(|r| CertificateSnapshot {
+                key: get(r, "key").to_string(),
+                path: get(r, "path").to_string(),
+                subject: get(r, "subject").to_string(),
+                not_after_unix: num(r, "not_after_unix"),
+            })
+            .collect(),
     })
 }
 

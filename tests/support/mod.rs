@@ -472,6 +472,60 @@ impl PgCluster {
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
+
+    /// A physical streaming replica of this cluster, made with
+    /// `pg_basebackup -R` and started on a port of its own.
+    pub fn streaming_replica(&self) -> PgCluster {
+        let hba = self.dir.join("pg_hba.conf");
+        let mut text = fs::read_to_string(&hba).unwrap();
+        if !text.contains("local replication all trust") {
+            text.push_str("local replication all trust\n");
+            fs::write(&hba, text).unwrap();
+            self.psql_super("postgres", "SELECT pg_reload_conf()");
+        }
+        let name = unique("replica");
+        let dir = base_dir().join(&name);
+        let owner = pg_owner();
+        let mut cmd = Command::new(pg_bindir().join("pg_basebackup"));
+        cmd.arg("-D")
+            .arg(&dir)
+            .args([
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+                "-U",
+                SUPERUSER,
+            ])
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some((uid, gid)) = owner {
+            cmd.uid(uid).gid(gid);
+        }
+        let out = cmd.output().expect("run pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The copy has the primary's socket directory, sockets skipped.
+        let _ = fs::remove_dir_all(dir.join("sock"));
+        chown_tree(&dir, owner);
+        Self::start_in(&dir, &name, None)
+    }
+
+    /// Promotes a streaming replica to a primary and waits until it is one.
+    pub fn promote(&self) {
+        assert_eq!(
+            self.psql_super("postgres", "SELECT pg_promote(true, 30)"),
+            "t"
+        );
+    }
 }
 
 impl Drop for PgCluster {

@@ -13,6 +13,7 @@ mod reload;
 mod resume;
 mod set;
 mod show_bans;
+mod show_certificates;
 mod show_clients;
 mod show_config;
 mod show_databases;
@@ -34,9 +35,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::tls::Stream;
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::auth::{self, ClientAuth, ClientAuthError};
 use super::protocol::messages::{self, Severity};
@@ -127,35 +128,17 @@ impl Table {
     }
 
     fn encode(&self, out: &mut BytesMut) {
-        let at = messages::begin(out, b'T');
-        out.put_i16(self.columns.len() as i16);
-        for (name, kind) in &self.columns {
-            messages::put_cstr(out, name.as_bytes());
-            out.put_i32(0);
-            out.put_i16(0);
-            let (oid, size) = match kind {
-                Kind::Text => (25, -1),
-                Kind::Int => (20, 8),
-            };
-            out.put_i32(oid);
-            out.put_i16(size);
-            out.put_i32(-1);
-            out.put_i16(0);
-        }
-        messages::finish(out, at);
+        let columns: Vec<(&str, i32, i16)> = self
+            .columns
+            .iter()
+            .map(|(name, kind)| match kind {
+                Kind::Text => (*name, 25, -1),
+                Kind::Int => (*name, 20, 8),
+            })
+            .collect();
+        messages::row_description(out, &columns);
         for row in &self.rows {
-            let at = messages::begin(out, b'D');
-            out.put_i16(row.len() as i16);
-            for value in row {
-                match value {
-                    Some(v) => {
-                        out.put_i32(v.len() as i32);
-                        out.put_slice(v.as_bytes());
-                    }
-                    None => out.put_i32(-1),
-                }
-            }
-            messages::finish(out, at);
+            messages::data_row_text(out, row);
         }
         let at = messages::begin(out, b'C');
         messages::put_cstr(out, b"SHOW");
@@ -208,6 +191,7 @@ pub const COMMANDS: &[Command] = &[
     show_bans::COMMAND,
     show_mirrors::COMMAND,
     show_reloads::COMMAND,
+    show_certificates::COMMAND,
     show_version::COMMAND,
     show_status::COMMAND,
     reload::COMMAND,
@@ -254,15 +238,12 @@ pub struct AdminLogin {
     pub database: String,
     pub application_name: String,
     pub kill: super::stats::KillSwitch,
+    /// TLS channel binding data, when the client is on TLS.
+    pub end_point: Option<Vec<u8>>,
 }
 
 /// Serves one admin console session.
-pub async fn serve(
-    mut stream: TcpStream,
-    mut buf: BytesMut,
-    login: AdminLogin,
-    shared: Arc<Shared>,
-) {
+pub async fn serve(mut stream: Stream, mut buf: BytesMut, login: AdminLogin, shared: Arc<Shared>) {
     let config = shared.config.load_full();
     let mut out = BytesMut::new();
     if login.user != config.admin_username() {
@@ -285,11 +266,17 @@ pub async fn serve(
     };
     let result = tokio::time::timeout(
         Duration::from_secs(60),
-        auth::authenticate_client(&mut stream, &mut buf, &login.user, &secret),
+        auth::authenticate_client(
+            &mut stream,
+            &mut buf,
+            &login.user,
+            &secret,
+            login.end_point.as_deref(),
+        ),
     )
     .await;
     match result {
-        Ok(Ok(())) => {}
+        Ok(Ok(_)) => {}
         Ok(Err(ClientAuthError::Io(_))) | Err(_) => return,
         Ok(Err(e)) => {
             tracing::info!(peer = %login.peer, user = %login.user, "admin console login failed: {e}");
@@ -300,7 +287,8 @@ pub async fn serve(
     }
     let (_info, _registered) = shared.registry.add_client(NewClient {
         peer: login.peer,
-        local: stream.local_addr().unwrap_or(login.peer),
+        local: stream.tcp().local_addr().unwrap_or(login.peer),
+        tls: stream.tls_description(),
         db: login.database.clone(),
         user: login.user.clone(),
         admin: true,
@@ -308,7 +296,7 @@ pub async fn serve(
         kill: login.kill.clone(),
         fd: {
             use std::os::fd::AsRawFd;
-            stream.as_raw_fd()
+            stream.tcp().as_raw_fd()
         },
     });
     messages::auth_ok(&mut out);

@@ -12,7 +12,11 @@ pub const COMMAND: Command = Command {
 
 fn run(ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
     match ctx.shared.reload("RELOAD") {
-        Ok(_) => Ok(Reply::Done("RELOAD".into())),
+        Ok(record) => match record.error {
+            // The config applied but a certificate file did not load.
+            Some(e) => Err(AdminError::new("F0000", format!("reload incomplete: {e}"))),
+            None => Ok(Reply::Done("RELOAD".into())),
+        },
         Err(e) => Err(AdminError::new(
             "F0000",
             format!("reload failed, running config kept: {e}"),

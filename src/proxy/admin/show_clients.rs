@@ -31,7 +31,7 @@ fn run(ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
             text(format!("{:x}", c.id)),
             (c.server_id > 0).then(|| format!("{:x}", c.server_id)),
             int(0),
-            None,
+            c.tls.clone(),
             text(&c.application_name),
             int(c.id),
         ];

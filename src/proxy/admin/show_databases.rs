@@ -33,6 +33,7 @@ fn run(ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
         ("shard", Int),
         ("role", Text),
         ("config_hash", Text),
+        ("replica_lag_ms", Int),
     ]);
     for p in ctx.snapshot().pools {
         let clients = p.cl_active + p.cl_waiting + p.cl_idle;
@@ -54,11 +55,12 @@ fn run(ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
                 int(0),
                 int(clients),
                 int(p.paused as u8),
-                int(0),
+                int(s.banned as u8),
                 text(&p.user),
                 int(s.shard as u64),
                 text(s.role),
                 text(format!("{:016x}", p.config_hash)),
+                s.lag_ms.and_then(int),
             ]);
         }
     }

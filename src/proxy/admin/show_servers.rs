@@ -39,6 +39,9 @@ pub const COLUMNS: &[(&str, Kind)] = &[
     ("last_data_recv_ms", Kind::Int),
 ];
 
+/// Columns SHOW SERVERS has after the shared ones.
+pub const SERVER_COLUMNS: &[(&str, Kind)] = &[("role", Kind::Text), ("replica_lag_ms", Kind::Int)];
+
 /// The keepalive columns of a row.
 pub fn socket_columns(s: Option<&SocketInfo>) -> Vec<Option<String>> {
     match s {
@@ -65,7 +68,8 @@ pub const COMMAND: Command = Command {
 };
 
 fn run(ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
-    let mut t = Table::new(COLUMNS);
+    let columns: Vec<(&str, Kind)> = COLUMNS.iter().chain(SERVER_COLUMNS).copied().collect();
+    let mut t = Table::new(&columns);
     for s in ctx.snapshot().servers {
         let mut row = vec![
             text("S"),
@@ -85,11 +89,13 @@ fn run(ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
             text(format!("{:x}", s.id)),
             (s.client_id > 0).then(|| format!("{:x}", s.client_id)),
             int(s.remote_pid),
-            None,
+            s.tls.clone(),
             text(&s.application_name),
             int(s.id),
         ];
         row.extend(socket_columns(s.socket.as_ref()));
+        row.push(text(s.role));
+        row.push(s.lag_ms.and_then(int));
         t.row(row);
     }
     Ok(Reply::Rows(t))

@@ -14,7 +14,44 @@ use crate::proxy::protocol::messages::{self, read_cstr, read_i32, Severity};
 use crate::proxy::secret::Secret;
 use crate::proxy::wire;
 
-pub use scram::{ScramClient, ScramSecret, ScramServer};
+pub use scram::{ClientKeys, ScramClient, ScramSecret, ScramServer};
+
+/// What pgcat logs in to PostgreSQL with for a user that has no password
+/// in the config (auth_query): learnt from each client that logs in.
+#[derive(Clone)]
+pub enum PassSecret {
+    /// The stored md5 hash (`md5` + 32 hex digits): answers md5 challenges.
+    Md5(Secret),
+    /// ClientKey and ServerKey from a client's SCRAM proof: answer SCRAM
+    /// challenges with the same salt, as PgBouncer does.
+    Scram(ClientKeys),
+}
+
+impl std::fmt::Debug for PassSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PassSecret::Md5(_) => f.write_str("PassSecret::Md5(<redacted>)"),
+            PassSecret::Scram(_) => f.write_str("PassSecret::Scram(<redacted>)"),
+        }
+    }
+}
+
+/// The pass-through secret of one pool's user, shared by its server
+/// connections.
+#[derive(Debug, Default)]
+pub struct Passthrough {
+    secret: parking_lot::Mutex<Option<PassSecret>>,
+}
+
+impl Passthrough {
+    pub fn get(&self) -> Option<PassSecret> {
+        self.secret.lock().clone()
+    }
+
+    pub fn set(&self, secret: PassSecret) {
+        *self.secret.lock() = Some(secret);
+    }
+}
 
 /// How a client proves who it is, prepared from the configured password.
 #[derive(Debug, Clone)]
@@ -23,6 +60,30 @@ pub enum ClientAuth {
     /// The stored md5 hash (`md5` + 32 hex digits).
     Md5(Secret),
     Trust,
+    /// No password in the config: the secret comes from PostgreSQL
+    /// (auth_query) at each login; see [`ClientAuth::from_stored`].
+    Query,
+}
+
+impl ClientAuth {
+    /// How to check a client against a secret PostgreSQL stores: a SCRAM
+    /// verifier asks for SCRAM, an md5 hash for md5 (what PostgreSQL does
+    /// for an `md5` pg_hba line); anything else is taken as a plaintext
+    /// password, checked with `method`.
+    pub fn from_stored(method: AuthMethod, user: &str, stored: &str) -> Option<ClientAuth> {
+        if stored.starts_with("SCRAM-SHA-256$") {
+            return ScramSecret::parse(stored).map(ClientAuth::Scram);
+        }
+        if md5::is_stored_hash(stored) {
+            return Some(ClientAuth::Md5(stored.into()));
+        }
+        let method = if method == AuthMethod::Trust {
+            AuthMethod::ScramSha256
+        } else {
+            method
+        };
+        ClientAuth::new(method, user, stored).ok()
+    }
 }
 
 /// Client authentication method names as written in the config.
@@ -87,19 +148,25 @@ impl ClientAuthError {
 
 /// Runs the authentication exchange with a client. On success nothing is
 /// written yet: the caller sends AuthenticationOk with the rest of the
-/// login messages in one write.
+/// login messages in one write. `end_point` is the TLS channel binding
+/// data when the client is on TLS: SCRAM-SHA-256-PLUS is offered then.
+/// Returns the keys a SCRAM proof revealed (for auth_query pass-through).
 pub async fn authenticate_client<S>(
     stream: &mut S,
     buf: &mut BytesMut,
     user: &str,
     auth: &ClientAuth,
-) -> Result<(), ClientAuthError>
+    end_point: Option<&[u8]>,
+) -> Result<Option<ClientKeys>, ClientAuthError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut out = BytesMut::with_capacity(128);
     match auth {
-        ClientAuth::Trust => Ok(()),
+        ClientAuth::Trust => Ok(None),
+        ClientAuth::Query => Err(ClientAuthError::Protocol(
+            "auth_query secret not fetched".into(),
+        )),
         ClientAuth::Md5(stored) => {
             let mut salt = [0u8; 4];
             rand::thread_rng().fill_bytes(&mut salt);
@@ -110,23 +177,34 @@ where
                 .map_err(|e| ClientAuthError::Protocol(e.to_string()))?;
             let want = md5::salted_response(stored, salt);
             if md5::constant_time_eq(got, want.as_bytes()) {
-                Ok(())
+                Ok(None)
             } else {
                 Err(ClientAuthError::BadPassword(user.to_string()))
             }
         }
         ClientAuth::Scram(secret) => {
-            messages::auth_sasl(&mut out, &[scram::MECHANISM]);
+            if end_point.is_some() {
+                messages::auth_sasl(&mut out, &[scram::MECHANISM_PLUS, scram::MECHANISM]);
+            } else {
+                messages::auth_sasl(&mut out, &[scram::MECHANISM]);
+            }
             stream.write_all(&out).await?;
             let msg = expect_password_message(stream, buf).await?;
             let (mechanism, rest) = read_cstr(&msg, "SASLInitialResponse")
                 .map_err(|e| ClientAuthError::Protocol(e.to_string()))?;
-            if mechanism != scram::MECHANISM.as_bytes() {
-                return Err(ClientAuthError::Protocol(format!(
-                    "client selected an invalid SASL authentication mechanism \"{}\"",
-                    String::from_utf8_lossy(mechanism)
-                )));
-            }
+            let binding = match (mechanism, end_point) {
+                (m, None) if m == scram::MECHANISM.as_bytes() => scram::Binding::Unavailable,
+                (m, Some(_)) if m == scram::MECHANISM.as_bytes() => scram::Binding::Offered,
+                (m, Some(data)) if m == scram::MECHANISM_PLUS.as_bytes() => {
+                    scram::Binding::Selected(data)
+                }
+                _ => {
+                    return Err(ClientAuthError::Protocol(format!(
+                        "client selected an invalid SASL authentication mechanism \"{}\"",
+                        String::from_utf8_lossy(mechanism)
+                    )))
+                }
+            };
             let (len, data) = read_i32(rest, "SASLInitialResponse")
                 .map_err(|e| ClientAuthError::Protocol(e.to_string()))?;
             if len < 0 || len as usize != data.len() {
@@ -134,18 +212,18 @@ where
                     "malformed SASLInitialResponse message".into(),
                 ));
             }
-            let (server, server_first) = ScramServer::start(secret.clone(), data)
+            let (server, server_first) = ScramServer::start_bound(secret.clone(), data, binding)
                 .map_err(|e| ClientAuthError::Protocol(e.to_string()))?;
             out.clear();
             messages::auth_sasl_continue(&mut out, server_first.as_bytes());
             stream.write_all(&out).await?;
             let msg = expect_password_message(stream, buf).await?;
-            match server.finish(&msg) {
-                Ok(server_final) => {
+            match server.finish_with_key(&msg) {
+                Ok((server_final, keys)) => {
                     out.clear();
                     messages::auth_sasl_final(&mut out, server_final.as_bytes());
                     stream.write_all(&out).await?;
-                    Ok(())
+                    Ok(Some(keys))
                 }
                 Err(scram::ScramError::BadProof) => {
                     Err(ClientAuthError::BadPassword(user.to_string()))
@@ -183,6 +261,8 @@ fn messages_limit() -> usize {
 pub enum ServerAuthError {
     #[error("server asked for a password but none is configured")]
     NoPassword,
+    #[error("server asked for {0}, but the user has no password in the config and no client has logged in with {0} yet (auth_query pass-through)")]
+    NoPassthrough(&'static str),
     #[error("server requested unsupported authentication method {0}")]
     Unsupported(i32),
     #[error(transparent)]
@@ -198,6 +278,7 @@ pub enum ServerAuthError {
 pub struct ServerLogin {
     user: String,
     password: Option<Secret>,
+    passthrough: Option<PassSecret>,
     scram: Option<ScramClient>,
 }
 
@@ -206,8 +287,15 @@ impl ServerLogin {
         ServerLogin {
             user: user.to_string(),
             password: password.map(Secret::from),
+            passthrough: None,
             scram: None,
         }
+    }
+
+    /// Without a password: log in with what a client proved (auth_query).
+    pub fn with_passthrough(mut self, secret: Option<PassSecret>) -> Self {
+        self.passthrough = secret;
+        self
     }
 
     /// Handles the body of one `R` message. Returns `Ok(None)` on
@@ -229,18 +317,16 @@ impl ServerLogin {
                 messages::password_message(&mut out, pw.as_bytes());
             }
             5 => {
-                let pw = self
-                    .password
-                    .as_deref()
-                    .ok_or(ServerAuthError::NoPassword)?;
                 if body.len() < 4 {
                     return Err(ServerAuthError::Malformed);
                 }
                 let salt = [body[0], body[1], body[2], body[3]];
-                let stored = if md5::is_stored_hash(pw) {
-                    pw.to_string()
-                } else {
-                    md5::stored_hash(&self.user, pw)
+                let stored = match (self.password.as_deref(), &self.passthrough) {
+                    (Some(pw), _) if md5::is_stored_hash(pw) => pw.to_string(),
+                    (Some(pw), _) => md5::stored_hash(&self.user, pw),
+                    (None, Some(PassSecret::Md5(hash))) => hash.to_string(),
+                    (None, Some(_)) => return Err(ServerAuthError::NoPassthrough("md5")),
+                    (None, None) => return Err(ServerAuthError::NoPassword),
                 };
                 messages::password_message(
                     &mut out,
@@ -248,17 +334,18 @@ impl ServerLogin {
                 );
             }
             10 => {
-                let pw = self
-                    .password
-                    .as_deref()
-                    .ok_or(ServerAuthError::NoPassword)?;
+                let client = match (self.password.as_deref(), &self.passthrough) {
+                    (Some(pw), _) => ScramClient::new(pw),
+                    (None, Some(PassSecret::Scram(keys))) => ScramClient::with_keys(keys.clone()),
+                    (None, Some(_)) => return Err(ServerAuthError::NoPassthrough("SCRAM-SHA-256")),
+                    (None, None) => return Err(ServerAuthError::NoPassword),
+                };
                 let offered = body
                     .split(|&b| b == 0)
                     .any(|m| m == scram::MECHANISM.as_bytes());
                 if !offered {
                     return Err(ServerAuthError::Unsupported(code));
                 }
-                let client = ScramClient::new(pw);
                 messages::sasl_initial_response(
                     &mut out,
                     scram::MECHANISM,
@@ -297,7 +384,7 @@ mod tests {
         let (mut ours, mut theirs) = tokio::io::duplex(4096);
         let server = tokio::spawn(async move {
             let mut buf = BytesMut::new();
-            authenticate_client(&mut ours, &mut buf, "alice", &auth).await
+            authenticate_client(&mut ours, &mut buf, "alice", &auth, None).await
         });
         // Play the client with ServerLogin, the same code pgcat uses
         // towards PostgreSQL.
@@ -319,7 +406,7 @@ mod tests {
             let (mut ours, mut theirs) = tokio::io::duplex(4096);
             let server = tokio::spawn(async move {
                 let mut buf = BytesMut::new();
-                authenticate_client(&mut ours, &mut buf, "bob", &auth).await
+                authenticate_client(&mut ours, &mut buf, "bob", &auth, None).await
             });
             let mut login = ServerLogin::new("bob", Some(password));
             let mut buf = BytesMut::new();

@@ -1,7 +1,9 @@
 //! SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL uses it: the server
 //! side that authenticates clients, and the client side that logs in to
-//! PostgreSQL. No channel binding: pgcat does not speak TLS yet, so the
-//! `-PLUS` variant is neither offered nor accepted.
+//! PostgreSQL. Over TLS, clients are also offered SCRAM-SHA-256-PLUS with
+//! `tls-server-end-point` channel binding (RFC 5929), as PostgreSQL does.
+//! The client side can log in with a password or with the keys a client
+//! proved it holds (auth_query pass-through, as PgBouncer does).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -17,6 +19,9 @@ use subtle::ConstantTimeEq;
 use crate::proxy::secret::Secret;
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// The only channel binding type PostgreSQL (and pgcat) supports.
+pub const CHANNEL_BINDING_TYPE: &str = "tls-server-end-point";
 /// PostgreSQL's default iteration count.
 pub const ITERATIONS: u32 = 4096;
 
@@ -26,6 +31,10 @@ pub enum ScramError {
     Malformed(&'static str),
     #[error("channel binding is not supported")]
     ChannelBinding,
+    #[error("SCRAM channel binding check failed")]
+    ChannelBindingMismatch,
+    #[error("SCRAM channel binding negotiation error: the client supports channel binding, and the server offered it")]
+    Downgrade,
     #[error("SCRAM nonce mismatch")]
     Nonce,
     #[error("SCRAM proof does not match")]
@@ -162,6 +171,9 @@ fn attributes(msg: &str) -> impl Iterator<Item = (char, &str)> {
 pub struct ScramServer {
     secret: ScramSecret,
     gs2_header: String,
+    /// With SCRAM-SHA-256-PLUS: the `tls-server-end-point` data the client
+    /// must echo after its GS2 header.
+    binding_data: Vec<u8>,
     client_first_bare: String,
     server_first: String,
     nonce: String,
@@ -169,17 +181,38 @@ pub struct ScramServer {
 
 impl ScramServer {
     /// Takes the client-first-message; returns the state and the
-    /// server-first-message to send.
+    /// server-first-message to send. Without TLS there is no channel to
+    /// bind to (see `start_bound`).
     pub fn start(secret: ScramSecret, client_first: &[u8]) -> Result<(Self, String), ScramError> {
+        Self::start_bound(secret, client_first, Binding::Unavailable)
+    }
+
+    /// As `start`, with what the channel offers: `Offered(data)` when the
+    /// client was offered SCRAM-SHA-256-PLUS and chose plain SCRAM, and
+    /// `Selected(data)` when it chose the -PLUS mechanism.
+    pub fn start_bound(
+        secret: ScramSecret,
+        client_first: &[u8],
+        binding: Binding<'_>,
+    ) -> Result<(Self, String), ScramError> {
         let msg = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("utf8"))?;
         let (flag, rest) = msg
             .split_once(',')
             .ok_or(ScramError::Malformed("gs2 header"))?;
-        match flag {
-            "n" | "y" => {}
-            f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
+        let binding_data = match (flag, binding) {
+            ("n", Binding::Selected(_)) | ("y", Binding::Selected(_)) => {
+                return Err(ScramError::ChannelBindingMismatch)
+            }
+            ("n", _) | ("y", Binding::Unavailable) => Vec::new(),
+            // "y": the client could bind but believes we cannot; we offered
+            // it, so someone removed it on the way (RFC 5802 section 6).
+            ("y", Binding::Offered) => return Err(ScramError::Downgrade),
+            (f, Binding::Selected(data)) if f.strip_prefix("p=") == Some(CHANNEL_BINDING_TYPE) => {
+                data.to_vec()
+            }
+            (f, _) if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
             _ => return Err(ScramError::Malformed("gs2 flag")),
-        }
+        };
         let (_authzid, bare) = rest
             .split_once(',')
             .ok_or(ScramError::Malformed("gs2 header"))?;
@@ -199,6 +232,7 @@ impl ScramServer {
             ScramServer {
                 secret,
                 gs2_header,
+                binding_data,
                 client_first_bare: bare.to_string(),
                 server_first: server_first.clone(),
                 nonce,
@@ -209,6 +243,12 @@ impl ScramServer {
 
     /// Verifies the client-final-message; returns the server-final-message.
     pub fn finish(self, client_final: &[u8]) -> Result<String, ScramError> {
+        self.finish_with_key(client_final).map(|(v, _)| v)
+    }
+
+    /// As `finish`, also returning the ClientKey the proof revealed, with
+    /// which pgcat can log in to PostgreSQL as the same user (auth_query).
+    pub fn finish_with_key(self, client_final: &[u8]) -> Result<(String, ClientKeys), ScramError> {
         let msg = std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("utf8"))?;
         let proof_at = msg
             .rfind(",p=")
@@ -229,8 +269,10 @@ impl ScramServer {
         let binding = B64
             .decode(binding.ok_or(ScramError::Malformed("channel binding"))?)
             .map_err(|_| ScramError::Malformed("channel binding"))?;
-        if binding != self.gs2_header.as_bytes() {
-            return Err(ScramError::ChannelBinding);
+        let mut want = self.gs2_header.as_bytes().to_vec();
+        want.extend_from_slice(&self.binding_data);
+        if !bool::from(binding.ct_eq(&want)) {
+            return Err(ScramError::ChannelBindingMismatch);
         }
         if nonce != Some(self.nonce.as_str()) {
             return Err(ScramError::Nonce);
@@ -251,16 +293,59 @@ impl ScramServer {
             return Err(ScramError::BadProof);
         }
         let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
-        Ok(format!("v={}", B64.encode(server_signature)))
+        let keys = ClientKeys {
+            client_key,
+            server_key: self.secret.server_key,
+        };
+        Ok((format!("v={}", B64.encode(server_signature)), keys))
+    }
+}
+
+/// What the channel offers a SCRAM exchange.
+#[derive(Debug, Clone, Copy)]
+pub enum Binding<'a> {
+    /// No TLS: plain SCRAM only.
+    Unavailable,
+    /// TLS, SCRAM-SHA-256-PLUS offered, the client chose SCRAM-SHA-256.
+    Offered,
+    /// The client chose SCRAM-SHA-256-PLUS; the server certificate's hash.
+    Selected(&'a [u8]),
+}
+
+/// The keys a SCRAM login needs without the password: ClientKey to build
+/// a proof, ServerKey to check the server's signature.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientKeys {
+    pub client_key: [u8; 32],
+    pub server_key: [u8; 32],
+}
+
+impl std::fmt::Debug for ClientKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientKeys { <redacted> }")
+    }
+}
+
+impl ClientKeys {
+    /// Whether these keys belong to `secret` (its StoredKey is the hash of
+    /// ClientKey).
+    pub fn matches(&self, secret: &ScramSecret) -> bool {
+        bool::from(sha256(&self.client_key).ct_eq(&secret.stored_key))
+            && bool::from(self.server_key.ct_eq(&secret.server_key))
     }
 }
 
 /// The client side of one SCRAM exchange, used to log in to PostgreSQL.
 pub struct ScramClient {
-    password: Secret,
+    credential: ClientCredential,
     nonce: String,
     auth_message: String,
-    salted: [u8; 32],
+    server_key: [u8; 32],
+}
+
+enum ClientCredential {
+    Password(Secret),
+    Keys(ClientKeys),
 }
 
 impl std::fmt::Debug for ScramClient {
@@ -272,10 +357,22 @@ impl std::fmt::Debug for ScramClient {
 impl ScramClient {
     pub fn new(password: &str) -> Self {
         ScramClient {
-            password: password.into(),
+            credential: ClientCredential::Password(password.into()),
             nonce: nonce(),
             auth_message: String::new(),
-            salted: [0; 32],
+            server_key: [0; 32],
+        }
+    }
+
+    /// Logs in with keys learnt from a client's proof instead of a
+    /// password. Works when the server stores the verifier those keys
+    /// came from (same salt and iterations).
+    pub fn with_keys(keys: ClientKeys) -> Self {
+        ScramClient {
+            credential: ClientCredential::Keys(keys),
+            nonce: nonce(),
+            auth_message: String::new(),
+            server_key: [0; 32],
         }
     }
 
@@ -308,8 +405,17 @@ impl ScramClient {
             .and_then(|i| i.parse().ok())
             .filter(|&i| i > 0)
             .ok_or(ScramError::Malformed("iterations"))?;
-        self.salted = cached_salted_password(self.password.as_bytes(), &salt, iterations);
-        let client_key = hmac(&self.salted, b"Client Key");
+        let client_key = match &self.credential {
+            ClientCredential::Password(password) => {
+                let salted = cached_salted_password(password.as_bytes(), &salt, iterations);
+                self.server_key = hmac(&salted, b"Server Key");
+                hmac(&salted, b"Client Key")
+            }
+            ClientCredential::Keys(keys) => {
+                self.server_key = keys.server_key;
+                keys.client_key
+            }
+        };
         let stored_key = sha256(&client_key);
         let without_proof = format!("c=biws,r={nonce}");
         self.auth_message = format!("n=,r={},{msg},{without_proof}", self.nonce);
@@ -331,8 +437,7 @@ impl ScramClient {
                     let got = B64
                         .decode(v)
                         .map_err(|_| ScramError::Malformed("server signature"))?;
-                    let server_key = hmac(&self.salted, b"Server Key");
-                    let want = hmac(&server_key, self.auth_message.as_bytes());
+                    let want = hmac(&self.server_key, self.auth_message.as_bytes());
                     return if bool::from(got.ct_eq(&want[..])) {
                         Ok(())
                     } else {
@@ -387,6 +492,7 @@ mod tests {
         let server = ScramServer {
             secret,
             gs2_header: "n,,".into(),
+            binding_data: Vec::new(),
             client_first_bare: "n=user,r=rOprNGfwEbeRWgbNEkqO".into(),
             server_first: server_first.clone(),
             nonce: nonce.into(),
@@ -425,6 +531,58 @@ mod tests {
         );
         let (server, _) = ScramServer::start(secret, b"n,,n=,r=abc").unwrap();
         assert!(server.finish(b"c=biws,r=abc").is_err());
+    }
+
+    #[test]
+    fn channel_binding_plus_and_downgrade() {
+        let secret = ScramSecret::from_password("pw");
+        let cb = [7u8; 32];
+        // -PLUS with the right certificate hash succeeds.
+        let first = b"p=tls-server-end-point,,n=,r=abc";
+        let (server, server_first) =
+            ScramServer::start_bound(secret.clone(), first, Binding::Selected(&cb)).unwrap();
+        let nonce = server_first[2..].split(',').next().unwrap().to_string();
+        let mut c = b"p=tls-server-end-point,,".to_vec();
+        c.extend_from_slice(&cb);
+        let without_proof = format!("c={},r={nonce}", B64.encode(&c));
+        let auth_message = format!("n=,r=abc,{server_first},{without_proof}");
+        let salted = salted_password(b"pw", &secret.salt, secret.iterations);
+        let client_key = hmac(&salted, b"Client Key");
+        let sig = hmac(&sha256(&client_key), auth_message.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(sig).map(|(a, b)| a ^ b).collect();
+        let fin = format!("{without_proof},p={}", B64.encode(&proof));
+        let (_, keys) = server.finish_with_key(fin.as_bytes()).unwrap();
+        assert!(keys.matches(&secret));
+        // The same exchange bound to another certificate fails.
+        let other = [8u8; 32];
+        let (server, _) =
+            ScramServer::start_bound(secret.clone(), first, Binding::Selected(&other)).unwrap();
+        assert!(server.finish(fin.as_bytes()).is_err());
+        // "y" after we offered -PLUS is a downgrade.
+        assert_eq!(
+            ScramServer::start_bound(secret.clone(), b"y,,n=,r=abc", Binding::Offered).unwrap_err(),
+            ScramError::Downgrade
+        );
+        // "n" under -PLUS is refused.
+        assert!(ScramServer::start_bound(secret, b"n,,n=,r=abc", Binding::Selected(&cb)).is_err());
+    }
+
+    #[test]
+    fn keys_from_a_proof_log_in_again() {
+        let secret = ScramSecret::from_password("s3cret");
+        let mut client = ScramClient::new("s3cret");
+        let (server, server_first) =
+            ScramServer::start(secret.clone(), client.client_first().as_bytes()).unwrap();
+        let client_final = client.client_final(server_first.as_bytes()).unwrap();
+        let (_, keys) = server.finish_with_key(client_final.as_bytes()).unwrap();
+        // A second login with only the keys, as pgcat does towards
+        // PostgreSQL for an auth_query user.
+        let mut again = ScramClient::with_keys(keys);
+        let (server, server_first) =
+            ScramServer::start(secret, again.client_first().as_bytes()).unwrap();
+        let client_final = again.client_final(server_first.as_bytes()).unwrap();
+        let server_final = server.finish(client_final.as_bytes()).unwrap();
+        again.verify_server_final(server_final.as_bytes()).unwrap();
     }
 
     #[test]

@@ -27,6 +27,10 @@ struct PoolRelevantGeneral<'a> {
     verify_server_certificate: bool,
     max_prepared_statements: usize,
     host: &'a str,
+    /// The auth_query keys a pool inherits (the password by its hash).
+    auth_query: Option<&'a str>,
+    auth_query_user: Option<&'a str>,
+    auth_query_password: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -58,6 +62,12 @@ pub fn pool_hash(general: &General, name: &str, pool: &Pool) -> u64 {
             max_prepared_statements: general.max_prepared_statements,
             // The listener address does not shape server connections.
             host: "",
+            auth_query: general.auth_query.as_deref(),
+            auth_query_user: general.auth_query_user.as_deref(),
+            auth_query_password: general.auth_query_password.as_ref().map(|p| {
+                let d = Sha256::digest(p.as_bytes());
+                d.iter().map(|b| format!("{b:02x}")).collect()
+            }),
         },
         pool,
     };

@@ -185,12 +185,42 @@ impl Validator<'_> {
         if g.autoreload == Some(0) {
             return Err(self.error("general.autoreload".into(), "must be greater than 0"));
         }
-        for (key, set) in [
-            ("tls_certificate", g.tls_certificate.is_some()),
-            ("server_tls", g.server_tls),
-            ("auth_query", g.auth_query.is_some()),
-            ("dns_cache_enabled", g.dns_cache_enabled),
-        ] {
+        if g.tls_certificate.is_some() && g.tls_private_key.is_none() {
+            return Err(self.error(
+                "general.tls_certificate".into(),
+                "tls_certificate is set, but the tls_private_key is not",
+            ));
+        }
+        if g.tls_private_key.is_some() && g.tls_certificate.is_none() {
+            return Err(self.error(
+                "general.tls_private_key".into(),
+                "tls_private_key is set, but the tls_certificate is not",
+            ));
+        }
+        if g.tls_certificate.is_none()
+            && g.client_tls_sslmode
+                .is_some_and(|m| m != crate::proxy::tls::ClientSslMode::Disable)
+        {
+            return Err(self.error(
+                "general.client_tls_sslmode".into(),
+                "needs tls_certificate and tls_private_key",
+            ));
+        }
+        if g.server_tls_cert_file.is_some() != g.server_tls_key_file.is_some() {
+            return Err(self.error(
+                "general.server_tls_cert_file".into(),
+                "server_tls_cert_file and server_tls_key_file go together",
+            ));
+        }
+        if g.auth_query.is_some()
+            && (g.auth_query_user.is_none() || g.auth_query_password.is_none())
+        {
+            return Err(self.error(
+                "general.auth_query".into(),
+                "If auth_query is specified, you need to provide a value for `auth_query_user`, `auth_query_password`",
+            ));
+        }
+        for (key, set) in [("dns_cache_enabled", g.dns_cache_enabled)] {
             if set {
                 self.warn(
                     format!("general.{key}"),
@@ -225,11 +255,57 @@ impl Validator<'_> {
                     "query plugins are not supported, ignored",
                 );
             }
-            if pool.query_parser_enabled {
-                self.warn(
-                    format!("{p}.query_parser_enabled"),
-                    "the query parser is not supported yet; queries go to default_role",
-                );
+            if pool.query_parser_read_write_splitting && !pool.query_parser_enabled {
+                return Err(self.error(
+                    format!("{p}.query_parser_read_write_splitting"),
+                    "query_parser_read_write_splitting is only valid when query_parser_enabled is true",
+                ));
+            }
+            for (key, value) in [
+                ("shard_id_regex", &pool.shard_id_regex),
+                ("sharding_key_regex", &pool.sharding_key_regex),
+            ] {
+                if let Some(r) = value {
+                    match regex::Regex::new(r) {
+                        Err(e) => {
+                            return Err(self.error(
+                                format!("{p}.{key}"),
+                                format!("{key} is not a valid Regex: {e}"),
+                            ))
+                        }
+                        Ok(re) if re.captures_len() < 2 => {
+                            return Err(self.error(
+                                format!("{p}.{key}"),
+                                format!("{key} needs a capture group for the number, e.g. /\\* shard_id: (\\d+) \\*/"),
+                            ))
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            }
+            if let Some(key) = &pool.automatic_sharding_key {
+                if crate::proxy::router::parser::ShardingKey::parse(key).is_none() {
+                    return Err(self.error(
+                        format!("{p}.automatic_sharding_key"),
+                        format!(
+                            "automatic_sharding_key '{key}' must be fully qualified, e.g. t.{key}"
+                        ),
+                    ));
+                }
+                if !pool.query_parser_enabled {
+                    self.warn(
+                        format!("{p}.automatic_sharding_key"),
+                        "only used with query_parser_enabled = true (or SET SERVER ROLE TO 'auto')",
+                    );
+                }
+            }
+            for f in &pool.query_parser_read_functions {
+                if f.is_empty() {
+                    return Err(self.error(
+                        format!("{p}.query_parser_read_functions"),
+                        "function names must not be empty",
+                    ));
+                }
             }
             let mut seen = std::collections::HashSet::new();
             for (key, user) in &pool.users {
@@ -260,7 +336,18 @@ impl Validator<'_> {
                         self.error(format!("{u}.connect_timeout"), "must be greater than 0")
                     );
                 }
-                if let Err(e) =
+                let (query, query_user, query_password) = pool.auth_query_config(g);
+                if user.password.is_empty() {
+                    if query.is_none() || query_user.is_none() || query_password.is_none() {
+                        return Err(self.error(
+                            format!("{u}.password"),
+                            format!(
+                                "Error in pool {{ {name} }}. You have to specify a user password for every pool if auth_query is not specified (user \"{}\")",
+                                user.username
+                            ),
+                        ));
+                    }
+                } else if let Err(e) =
                     ClientAuth::new(user.auth_type.method(), &user.username, &user.password)
                 {
                     return Err(self.error(format!("{u}.password"), e));
@@ -294,7 +381,9 @@ impl Validator<'_> {
                         "at most one server may be the primary",
                     ));
                 }
-                if primaries == 0 && pool.default_role == DefaultRole::Primary {
+                let found_at_run_time = shard.servers.iter().any(|e| e.2 == Role::Auto);
+                if primaries == 0 && !found_at_run_time && pool.default_role == DefaultRole::Primary
+                {
                     return Err(self.error(
                         format!("{s}.servers"),
                         "default_role is \"primary\" but this shard has no primary",
@@ -576,5 +665,59 @@ servers = [["127.0.0.1", 5432, "primary"]]
     fn reserved_pool_name() {
         let e = err(&BASE.replace("pools.app", "pools.pgbouncer"));
         assert_eq!(e.key.as_deref(), Some("pools.pgbouncer"));
+    }
+
+    #[test]
+    fn routing_keys_are_checked_with_pgcats_messages() {
+        let pool = |extra: &str| {
+            BASE.replace(
+                "pool_mode = \"transaction\"",
+                &format!("pool_mode = \"transaction\"\n{extra}"),
+            )
+        };
+        let e = err(&pool("query_parser_read_write_splitting = true"));
+        assert_eq!(
+            e.key.as_deref(),
+            Some("pools.app.query_parser_read_write_splitting")
+        );
+        assert!(e
+            .message
+            .contains("only valid when query_parser_enabled is true"));
+        let e = err(&pool("shard_id_regex = '/\\* shard_id: (\\d+ \\*/'"));
+        assert_eq!(e.key.as_deref(), Some("pools.app.shard_id_regex"));
+        assert!(
+            e.message.starts_with("shard_id_regex is not a valid Regex"),
+            "{}",
+            e.message
+        );
+        let e = err(&pool("sharding_key_regex = 'key: \\d+'"));
+        assert!(e.message.contains("capture group"), "{}", e.message);
+        let e = err(&pool("automatic_sharding_key = \"id\""));
+        assert_eq!(e.key.as_deref(), Some("pools.app.automatic_sharding_key"));
+        assert!(
+            e.message.contains("must be fully qualified"),
+            "{}",
+            e.message
+        );
+        let (c, _) = Config::parse(
+            &pool("query_parser_enabled = true\nautomatic_sharding_key = \"data.id\"\nload_balancing_mode = \"least_outstanding_connections\""),
+            "test.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.pools["app"].load_balancing_mode,
+            super::super::LoadBalancingMode::Loc
+        );
+        // A shard of "auto" servers needs no configured primary.
+        let auto = BASE.replace("\"primary\"]]", "\"auto\"]]").replace(
+            "pool_mode = \"transaction\"",
+            "pool_mode = \"transaction\"\ndefault_role = \"primary\"",
+        );
+        Config::parse(&auto, "test.toml").unwrap();
+        let e = err(&BASE.replace("\"primary\"]]", "\"replica\"]]").replace(
+            "pool_mode = \"transaction\"",
+            "pool_mode = \"transaction\"\ndefault_role = \"primary\"",
+        ));
+        assert!(e.message.contains("no primary"), "{}", e.message);
     }
 }

@@ -17,6 +17,7 @@ pub use load::{ConfigError, Warning};
 
 use crate::proxy::auth::AuthMethod;
 use crate::proxy::secret::Secret;
+use crate::proxy::tls::{ClientSslMode, ServerSslMode, TlsSettings};
 
 /// A whole config file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -70,10 +71,25 @@ pub struct General {
     pub worker_threads: usize,
     /// Re-read the config file at this interval when it changed.
     pub autoreload: Option<u64>,
+    /// PEM certificate chain offered to clients that ask for TLS.
     pub tls_certificate: Option<String>,
     pub tls_private_key: Option<String>,
+    /// PgBouncer's: whether clients may, or must, use TLS (unset: `prefer`
+    /// with a certificate, else `disable`).
+    pub client_tls_sslmode: Option<ClientSslMode>,
+    /// PgCat's: ask PostgreSQL for TLS (falls back to plaintext when
+    /// refused, unless `verify_server_certificate`).
     pub server_tls: bool,
+    /// PgCat's: verify the server certificate and host name.
     pub verify_server_certificate: bool,
+    /// PgBouncer's: overrides `server_tls`/`verify_server_certificate`.
+    pub server_tls_sslmode: Option<ServerSslMode>,
+    /// CA bundle that server certificates are verified against (unset:
+    /// the system's roots).
+    pub server_tls_ca_file: Option<String>,
+    /// Client certificate and key presented to PostgreSQL.
+    pub server_tls_cert_file: Option<String>,
+    pub server_tls_key_file: Option<String>,
     pub admin_username: Option<String>,
     pub admin_password: Option<Secret>,
     pub admin_auth_type: AuthType,
@@ -141,6 +157,41 @@ impl General {
     ];
 
     /// The [`Self::RESTART_ONLY`] keys whose values differ in `new`.
+    /// The mode towards PostgreSQL: PgBouncer's `server_tls_sslmode` when
+    /// set, else PgCat's `server_tls` and `verify_server_certificate`.
+    pub fn server_ssl_mode(&self) -> ServerSslMode {
+        match self.server_tls_sslmode {
+            Some(m) => m,
+            None if !self.server_tls => ServerSslMode::Disable,
+            None if self.verify_server_certificate => ServerSslMode::VerifyFull,
+            None => ServerSslMode::Prefer,
+        }
+    }
+
+    /// The mode towards clients: `client_tls_sslmode` when set, else
+    /// PgCat's behaviour (TLS offered when a certificate is configured,
+    /// plaintext always accepted).
+    pub fn client_ssl_mode(&self) -> ClientSslMode {
+        match self.client_tls_sslmode {
+            Some(m) => m,
+            None if self.tls_certificate.is_some() => ClientSslMode::Prefer,
+            None => ClientSslMode::Disable,
+        }
+    }
+
+    /// The files and modes the TLS configs are built from.
+    pub fn tls_settings(&self) -> TlsSettings {
+        TlsSettings {
+            certificate: self.tls_certificate.clone(),
+            private_key: self.tls_private_key.clone(),
+            client_mode: self.client_ssl_mode(),
+            server_ca_file: self.server_tls_ca_file.clone(),
+            server_cert_file: self.server_tls_cert_file.clone(),
+            server_key_file: self.server_tls_key_file.clone(),
+            server_mode: self.server_ssl_mode(),
+        }
+    }
+
     pub fn restart_only_changes(&self, new: &General) -> Vec<&'static str> {
         let old = toml::Value::try_from(self).ok();
         let new = toml::Value::try_from(new).ok();
@@ -180,8 +231,13 @@ impl Default for General {
             autoreload: None,
             tls_certificate: None,
             tls_private_key: None,
+            client_tls_sslmode: None,
             server_tls: false,
             verify_server_certificate: false,
+            server_tls_sslmode: None,
+            server_tls_ca_file: None,
+            server_tls_cert_file: None,
+            server_tls_key_file: None,
             admin_username: None,
             admin_password: None,
             admin_auth_type: AuthType::Md5,
@@ -219,12 +275,27 @@ impl PoolMode {
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum LoadBalancingMode {
     #[default]
+    #[serde(alias = "Random")]
     Random,
     /// Least outstanding connections.
+    #[serde(alias = "LOC", alias = "least_outstanding_connections")]
     Loc,
+    /// Each server in turn.
+    #[serde(alias = "round-robin")]
+    RoundRobin,
+}
+
+impl LoadBalancingMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadBalancingMode::Random => "random",
+            LoadBalancingMode::Loc => "loc",
+            LoadBalancingMode::RoundRobin => "round_robin",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -234,6 +305,9 @@ pub enum DefaultRole {
     Any,
     Primary,
     Replica,
+    /// pgcat finds each server's role (`pg_is_in_recovery()`), and the
+    /// query parser sends reads to replicas when it is on.
+    Auto,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
@@ -241,6 +315,9 @@ pub enum DefaultRole {
 pub enum Role {
     Primary,
     Replica,
+    /// Found at run time (`pg_is_in_recovery()`), so a failover is
+    /// followed without a reload.
+    Auto,
 }
 
 impl Role {
@@ -248,6 +325,7 @@ impl Role {
         match self {
             Role::Primary => "primary",
             Role::Replica => "replica",
+            Role::Auto => "auto",
         }
     }
 }
@@ -311,6 +389,16 @@ pub struct Pool {
     /// Named prepared statements kept per server connection in
     /// transaction mode (0: the default of 256).
     pub prepared_statements_cache_size: usize,
+    /// Replicas whose replay lag is above this (ms) get no reads (unset:
+    /// lag is not measured).
+    pub replica_max_lag: Option<u64>,
+    /// Functions the query parser counts as reads besides its built-in
+    /// list (`["*"]`: every function, as PgCat does).
+    pub query_parser_read_functions: Vec<String>,
+    /// PgCat's per-pool auth_query keys (unset: the `[general]` ones).
+    pub auth_query: Option<String>,
+    pub auth_query_user: Option<String>,
+    pub auth_query_password: Option<Secret>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plugins: Option<toml::Value>,
     pub users: BTreeMap<String, User>,
@@ -340,10 +428,47 @@ impl Default for Pool {
             cleanup_server_connections: true,
             log_client_parameter_status_changes: false,
             prepared_statements_cache_size: 0,
+            replica_max_lag: None,
+            query_parser_read_functions: Vec::new(),
+            auth_query: None,
+            auth_query_user: None,
+            auth_query_password: None,
             plugins: None,
             users: BTreeMap::new(),
             shards: BTreeMap::new(),
         }
+    }
+}
+
+impl Pool {
+    /// auth_query, its user and password: the pool's, else `[general]`'s.
+    pub fn auth_query_config<'a>(
+        &'a self,
+        g: &'a General,
+    ) -> (Option<&'a str>, Option<&'a str>, Option<&'a Secret>) {
+        (
+            self.auth_query.as_deref().or(g.auth_query.as_deref()),
+            self.auth_query_user
+                .as_deref()
+                .or(g.auth_query_user.as_deref()),
+            self.auth_query_password
+                .as_ref()
+                .or(g.auth_query_password.as_ref()),
+        )
+    }
+
+    /// Where auth_query runs: shard 0's primary, else its first server.
+    pub fn auth_query_target(&self) -> Option<(String, &ServerEntry)> {
+        let shard = self
+            .shards
+            .get("0")
+            .or_else(|| self.shards.values().next())?;
+        let entry = shard
+            .servers
+            .iter()
+            .find(|s| s.2 == Role::Primary)
+            .or_else(|| shard.servers.first())?;
+        Some((shard.database.clone(), entry))
     }
 }
 

@@ -2,6 +2,9 @@
 //! a [`UserPool`] groups those of one (pool, user) and picks a server for
 //! each checkout; a [`PoolSet`] maps database and user names to them.
 //!
+//! Which server a checkout gets (load balancing, bans, roles found at run
+//! time, replica lag) is in `balance`.
+//!
 //! A reload replaces a `UserPool` whose config hash changed. What must
 //! outlive the replacement lives in [`PoolState`]: the counters, the pause
 //! flag, and one FIFO semaphore per server whose permits bound the
@@ -18,16 +21,21 @@ use parking_lot::Mutex;
 use rand::Rng;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+pub mod auth_query;
+mod balance;
+
+pub use balance::KnownRole;
+
 use super::auth::ClientAuth;
-use super::config::{
-    self, hash::pool_hash, Config, DefaultRole, LoadBalancingMode, PoolMode, Role,
-};
+use super::config::{self, hash::pool_hash, Config, DefaultRole, LoadBalancingMode, PoolMode};
 use super::mirror::{MirrorHandle, MirrorSpec, MirrorStats};
 use super::net::SocketSettings;
 use super::protocol::settings::Settings;
 use super::protocol::statements::StatementId;
+use super::router::{RoleRequest, RouterConfig};
 use super::server::{LoginInfo, Params, Server, ServerAddress, ServerError};
 use super::stats::{PoolStats, Registry, ServerState};
+use super::tls::TlsState;
 
 /// Per (pool, user): what survives a rebuild of the pool.
 #[derive(Debug)]
@@ -270,6 +278,13 @@ pub struct ServerPool {
     slot: Arc<Slot>,
     banned_until: Mutex<Option<Instant>>,
     last_error: Arc<Mutex<Option<(Instant, String)>>>,
+    /// The role it has now: the configured one, or for `auto` what the
+    /// monitor last found (see `balance`).
+    role_now: std::sync::atomic::AtomicU8,
+    /// Replay lag in ms as the monitor last measured it (-1: unknown).
+    lag_ms: std::sync::atomic::AtomicI64,
+    /// A task is probing it while it is banned.
+    probing: AtomicBool,
 }
 
 impl ServerPool {
@@ -287,10 +302,6 @@ impl ServerPool {
             }
             None => None,
         }
-    }
-
-    fn ban(&self, time: Duration) {
-        *self.banned_until.lock() = Some(Instant::now() + time);
     }
 
     pub fn unban(&self) {
@@ -333,11 +344,17 @@ pub struct PoolSettings {
     pub idle_client_in_transaction_timeout: Option<Duration>,
     pub server_round_robin: bool,
     pub auth: ClientAuth,
+    /// Where a user without a password gets its secret.
+    pub auth_query: Option<Arc<auth_query::AuthQuery>>,
     pub login: Arc<LoginInfo>,
+    /// Replicas lagging more than this get no reads (None: not measured).
+    pub replica_max_lag: Option<u64>,
+    /// How transactions are routed (shards, roles, the parser).
+    pub router: Arc<RouterConfig>,
 }
 
 impl PoolSettings {
-    pub fn resolve(config: &Config, db: &str, user_key: &str) -> PoolSettings {
+    pub fn resolve(config: &Config, db: &str, user_key: &str, tls: &Arc<TlsState>) -> PoolSettings {
         let g = &config.general;
         let pool = &config.pools[db];
         let user = &pool.users[user_key];
@@ -353,8 +370,45 @@ impl PoolSettings {
             .server_lifetime
             .or(pool.server_lifetime)
             .unwrap_or(g.server_lifetime);
-        let auth = ClientAuth::new(user.auth_type.method(), &user.username, &user.password)
-            .expect("validated when the config was loaded");
+        let socket = SocketSettings::from_general(g);
+        let (query, query_user, query_password) = pool.auth_query_config(g);
+        let from_query = user.password.is_empty() && query.is_some();
+        let auth = if from_query {
+            ClientAuth::Query
+        } else {
+            ClientAuth::new(user.auth_type.method(), &user.username, &user.password)
+                .expect("validated when the config was loaded")
+        };
+        let auth_query = match (from_query, query, query_user) {
+            (true, Some(sql), Some(query_user)) => {
+                let target = pool.auth_query_target().map(|(database, entry)| {
+                    Arc::new(ServerAddress {
+                        host: entry.0.clone(),
+                        port: entry.1,
+                        database,
+                        role: entry.2,
+                        shard: 0,
+                        index: 0,
+                    })
+                });
+                target.map(|target| {
+                    Arc::new(auth_query::AuthQuery::new(
+                        sql,
+                        target,
+                        LoginInfo {
+                            user: query_user.to_string(),
+                            password: query_password.cloned(),
+                            passthrough: None,
+                            tls: Some(tls.clone()),
+                            statement_timeout: 0,
+                            socket,
+                            connect_timeout: Duration::from_millis(connect_timeout),
+                        },
+                    ))
+                })
+            }
+            _ => None,
+        };
         let server_user = user
             .server_username
             .clone()
@@ -391,11 +445,18 @@ impl PoolSettings {
             ),
             server_round_robin: g.server_round_robin,
             auth,
+            auth_query,
+            replica_max_lag: pool.replica_max_lag,
+            router: Arc::new(RouterConfig::from_pool(pool)),
             login: Arc::new(LoginInfo {
                 user: server_user,
+                passthrough: server_password
+                    .is_none()
+                    .then(|| Arc::new(super::auth::Passthrough::default())),
                 password: server_password,
+                tls: Some(tls.clone()),
                 statement_timeout: user.statement_timeout,
-                socket: SocketSettings::from_general(g),
+                socket,
                 connect_timeout: Duration::from_millis(connect_timeout),
             }),
         }
@@ -418,6 +479,17 @@ pub enum CheckoutError {
     /// current one.
     #[error("the pool was replaced by a reload")]
     Retired,
+    /// A shard number past the pool's shards (from a comment).
+    #[error("could not get connection from the pool - InvalidShardId({0})")]
+    InvalidShard(usize),
+    /// No server has the role asked for (PgCat: AllServersDown).
+    #[error("no {} server for database \"{db}\" user \"{user}\" in shard {shard}", match role { RoleRequest::Primary => "primary", RoleRequest::Replica => "replica", RoleRequest::Any => "available" })]
+    NoServer {
+        db: String,
+        user: String,
+        role: RoleRequest,
+        shard: usize,
+    },
 }
 
 /// The servers of one (pool, user).
@@ -439,6 +511,10 @@ pub struct UserPool {
     logins: Mutex<HashMap<StartupSettings, Arc<LoginSettings>>>,
     /// What a fresh server connection reports, once one has opened.
     defaults: Arc<Mutex<Option<Params>>>,
+    /// Rounds the monitor has run (roles found, lag measured).
+    monitored: watch::Sender<u64>,
+    /// The next turn in `round_robin` load balancing.
+    round_robin: AtomicUsize,
 }
 
 /// Startup settings as a client sent them, sorted.
@@ -469,8 +545,9 @@ impl UserPool {
         user_key: &str,
         state: Arc<PoolState>,
         registry: &Arc<Registry>,
+        tls: &Arc<TlsState>,
     ) -> UserPool {
-        let settings = PoolSettings::resolve(config, db, user_key);
+        let settings = PoolSettings::resolve(config, db, user_key, tls);
         let pool = &config.pools[db];
         let retired = Arc::new(AtomicBool::new(false));
         let defaults = Arc::new(Mutex::new(None));
@@ -531,6 +608,8 @@ impl UserPool {
             retired_signal: tokio_util::sync::CancellationToken::new(),
             logins: Mutex::new(HashMap::new()),
             defaults,
+            monitored: watch::channel(0).0,
+            round_robin: AtomicUsize::new(0),
         }
     }
 
@@ -582,6 +661,9 @@ impl UserPool {
             .build_unchecked(manager);
         ServerPool {
             slot: state.slot(&address, settings.pool_size as usize),
+            role_now: std::sync::atomic::AtomicU8::new(balance::role_code(address.role)),
+            lag_ms: std::sync::atomic::AtomicI64::new(-1),
+            probing: AtomicBool::new(false),
             address,
             pool,
             mirrors,
@@ -607,141 +689,6 @@ impl UserPool {
 
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Relaxed)
-    }
-
-    pub fn default_shard(&self) -> usize {
-        match self.settings.default_shard.as_str() {
-            "random" | "random_healthy" => rand::thread_rng().gen_range(0..self.shards.len()),
-            s => s
-                .strip_prefix("shard_")
-                .and_then(|i| i.parse().ok())
-                .filter(|&i| i < self.shards.len())
-                .unwrap_or(0),
-        }
-    }
-
-    /// The servers a query for `role` may go to, best first.
-    fn candidates(&self, shard: usize, role: DefaultRole) -> Vec<Arc<ServerPool>> {
-        let servers = &self.shards[shard];
-        let wanted = |s: &&Arc<ServerPool>| match role {
-            DefaultRole::Any => true,
-            DefaultRole::Primary => s.address.role == Role::Primary,
-            DefaultRole::Replica => {
-                s.address.role == Role::Replica
-                    || (self.settings.primary_reads_enabled && s.address.role == Role::Primary)
-            }
-        };
-        let mut list: Vec<Arc<ServerPool>> = servers.iter().filter(wanted).cloned().collect();
-        if list.is_empty() {
-            list = servers.clone();
-        }
-        match self.settings.load_balancing {
-            LoadBalancingMode::Random => {
-                let start = if list.len() > 1 {
-                    rand::thread_rng().gen_range(0..list.len())
-                } else {
-                    0
-                };
-                list.rotate_left(start);
-            }
-            LoadBalancingMode::Loc => list.sort_by_key(|s| s.active()),
-        }
-        // Banned servers go last: tried only when nothing else is left.
-        list.sort_by_key(|s| s.is_banned());
-        list
-    }
-
-    /// Hands out a server connection for the default shard and role,
-    /// waiting first while the pool is paused.
-    pub async fn checkout(&self) -> Result<PooledServer, CheckoutError> {
-        if self.state.is_paused() {
-            self.state.wait_unpaused().await;
-        }
-        let shard = self.default_shard();
-        let candidates = self.candidates(shard, self.settings.default_role);
-        let started = Instant::now();
-        let several = candidates.len() > 1;
-        for server in &candidates {
-            let deadline = self.settings.connect_timeout;
-            // A permit free at once needs no timer of ours: bb8 bounds its
-            // own wait by connect_timeout.
-            let ready = server.slot.semaphore.clone().try_acquire_owned().ok();
-            let timed = ready.is_none();
-            // Whether a permit was had: without one, the pool was busy,
-            // which says nothing against the server.
-            let got_permit = AtomicBool::new(ready.is_some());
-            let attempt = async {
-                let permit = match ready {
-                    Some(p) => p,
-                    None => {
-                        let p = server
-                            .slot
-                            .semaphore
-                            .clone()
-                            .acquire_owned()
-                            .await
-                            .expect("pool semaphore is never closed");
-                        got_permit.store(true, Ordering::Relaxed);
-                        p
-                    }
-                };
-                let mut guard = PooledServer {
-                    conn: None,
-                    permit: Some(permit),
-                    slot: server.slot.clone(),
-                };
-                let conn = server.pool.get_owned().await?;
-                guard.conn = Some(conn);
-                Ok::<_, bb8::RunError<ServerError>>(guard)
-            };
-            // Biased: an idle connection is taken on the first poll, before
-            // the retirement signal registers a waiter.
-            let got = if timed {
-                tokio::select! {
-                    biased;
-                    r = tokio::time::timeout(deadline, attempt) => r.unwrap_or(Err(bb8::RunError::TimedOut)),
-                    _ = self.retired_signal.cancelled() => return Err(CheckoutError::Retired),
-                }
-            } else {
-                tokio::select! {
-                    biased;
-                    r = attempt => r,
-                    _ = self.retired_signal.cancelled() => return Err(CheckoutError::Retired),
-                }
-            };
-            match got {
-                Ok(conn) => {
-                    PoolStats::add(
-                        &self.state.stats.wait_time_us,
-                        started.elapsed().as_micros() as u64,
-                    );
-                    PoolStats::add(&self.state.stats.server_assignment_count, 1);
-                    return Ok(conn);
-                }
-                Err(e) => {
-                    // Bans are for servers that fail: a connection could
-                    // not be opened. A saturated pool bans nothing. With
-                    // one server, a ban would only refuse clients for
-                    // ban_time after the server is back.
-                    let failed = got_permit.load(Ordering::Relaxed)
-                        && (matches!(e, bb8::RunError::User(_)) || server.last_error().is_some());
-                    if several && failed {
-                        tracing::warn!(server = %server.address, "banning server for {:?}", self.settings.ban_time);
-                        server.ban(self.settings.ban_time);
-                    }
-                    if let bb8::RunError::User(e) = e {
-                        return Err(CheckoutError::Server(e));
-                    }
-                }
-            }
-        }
-        PoolStats::add(&self.state.stats.errors, 1);
-        Err(CheckoutError::Timeout {
-            db: self.settings.db.clone(),
-            user: self.settings.user.clone(),
-            timeout_ms: self.settings.connect_timeout.as_millis(),
-            last_error: candidates.iter().find_map(|s| s.last_error()),
-        })
     }
 
     /// What these startup settings came to last time, if known. No
@@ -814,6 +761,7 @@ impl PoolSet {
         previous: Option<&PoolSet>,
         registry: &Arc<Registry>,
         force: &HashSet<String>,
+        tls: &Arc<TlsState>,
     ) -> PoolSet {
         let mut pools = HashMap::new();
         for (db, pool) in &config.pools {
@@ -835,10 +783,10 @@ impl PoolSet {
                             .and_then(|users| users.get(&u.username))
                             .map(|p| p.state.clone())
                             .unwrap_or_default();
-                        (
-                            u.username.clone(),
-                            Arc::new(UserPool::build(config, db, hash, key, state, registry)),
-                        )
+                        let pool =
+                            Arc::new(UserPool::build(config, db, hash, key, state, registry, tls));
+                        pool.start_monitor();
+                        (u.username.clone(), pool)
                     })
                     .collect(),
             };

@@ -151,6 +151,44 @@ pub fn command_complete(buf: &mut BytesMut, tag: &str) {
     finish(buf, at);
 }
 
+/// RowDescription of columns given by name and type OID (text format).
+pub fn row_description(buf: &mut BytesMut, columns: &[(&str, i32, i16)]) {
+    let at = begin(buf, b'T');
+    buf.put_i16(columns.len() as i16);
+    for (name, oid, size) in columns {
+        put_cstr(buf, name.as_bytes());
+        buf.put_i32(0);
+        buf.put_i16(0);
+        buf.put_i32(*oid);
+        buf.put_i16(*size);
+        buf.put_i32(-1);
+        buf.put_i16(0);
+    }
+    finish(buf, at);
+}
+
+/// RowDescription of text columns.
+pub fn row_description_text(buf: &mut BytesMut, names: &[&str]) {
+    let columns: Vec<(&str, i32, i16)> = names.iter().map(|n| (*n, 25, -1)).collect();
+    row_description(buf, &columns);
+}
+
+/// DataRow of text values (None for NULL).
+pub fn data_row_text<S: AsRef<str>>(buf: &mut BytesMut, values: &[Option<S>]) {
+    let at = begin(buf, b'D');
+    buf.put_i16(values.len() as i16);
+    for v in values {
+        match v {
+            Some(v) => {
+                buf.put_i32(v.as_ref().len() as i32);
+                buf.put_slice(v.as_ref().as_bytes());
+            }
+            None => buf.put_i32(-1),
+        }
+    }
+    finish(buf, at);
+}
+
 pub fn parse_complete(buf: &mut BytesMut) {
     buf.put_slice(&[b'1', 0, 0, 0, 4]);
 }
@@ -187,6 +225,11 @@ pub fn startup(buf: &mut BytesMut, params: &[(&str, &str)]) {
     buf.put_u8(0);
     let len = (buf.len() - at) as i32;
     buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+pub fn ssl_request(buf: &mut BytesMut) {
+    buf.put_i32(8);
+    buf.put_i32(SSL_REQUEST_CODE);
 }
 
 pub fn cancel_request(buf: &mut BytesMut, pid: i32, secret: i32) {

@@ -14,8 +14,10 @@ use socket2::SockRef;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::proxy::tls::{ClientSslMode, Stream};
+
 use super::{ClientState, ClientsGauge, Counts, Session};
-use crate::proxy::auth::{self, ClientAuthError};
+use crate::proxy::auth::{self, ClientAuth, ClientAuthError, PassSecret};
 use crate::proxy::net::SocketSettings;
 use crate::proxy::pool::{CheckoutError, LoginSettings, Lookup, UserPool};
 use crate::proxy::protocol::messages::{self, StartupPacket};
@@ -32,20 +34,21 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
 /// Startup and authentication; returns the session of a logged-in client.
 pub(super) async fn login(
-    mut stream: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     kill: KillSwitch,
 ) -> Option<Session> {
     let config = shared.config.load_full();
     let socket = SocketSettings::from_general(&config.general);
-    if let Err(e) = socket.apply(SockRef::from(&stream)) {
+    if let Err(e) = socket.apply(SockRef::from(&tcp)) {
         tracing::debug!(%peer, error = %e, "could not set client socket options");
     }
     let mut buf = BytesMut::new();
     // One deadline for startup and authentication together.
     let deadline = tokio::time::Instant::now()
         + std::time::Duration::from_millis(config.general.client_login_timeout);
+    let mut stream = Stream::Plain(tcp);
     let startup =
         tokio::time::timeout_at(deadline, startup(&mut stream, &mut buf, &shared, &socket)).await;
     let params = match startup {
@@ -59,6 +62,14 @@ pub(super) async fn login(
             refuse(&mut stream, "08006", "timeout during startup").await;
             return None;
         }
+    };
+    if stream.is_closed() {
+        return None;
+    }
+    // Channel binding data, when the client is on TLS.
+    let end_point = match &stream {
+        Stream::Accepted(_) => shared.tls.acceptor.load_full().map(|a| a.end_point.clone()),
+        _ => None,
     };
     let get = |name: &str| {
         params
@@ -100,6 +111,7 @@ pub(super) async fn login(
             database,
             application_name: get("application_name").unwrap_or_default(),
             kill: switch.clone(),
+            end_point: end_point.clone(),
         };
         let tasks = shared.admin_tasks.clone();
         let task = tasks.spawn(async move {
@@ -131,7 +143,13 @@ pub(super) async fn login(
             let mock = pools.mock_auth(&user);
             let auth = tokio::time::timeout_at(
                 deadline,
-                auth::authenticate_client(&mut stream, &mut buf, &user, &mock),
+                auth::authenticate_client(
+                    &mut stream,
+                    &mut buf,
+                    &user,
+                    &mock,
+                    end_point.as_deref(),
+                ),
             )
             .await;
             if !matches!(auth, Ok(Err(ClientAuthError::Io(_)))) {
@@ -142,16 +160,65 @@ pub(super) async fn login(
             return None;
         }
     };
+    // A user without a password: ask PostgreSQL for its secret. No
+    // secret (no such role) runs the same exchange against a mock.
+    let client_auth = match (&pool.settings.auth, &pool.settings.auth_query) {
+        (ClientAuth::Query, Some(query)) => {
+            match tokio::time::timeout_at(deadline, query.secret(&user)).await {
+                Ok(Ok(secret)) => secret
+                    .and_then(|s| {
+                        let method = config
+                            .pools
+                            .get(&database)
+                            .and_then(|p| p.users.values().find(|u| u.username == user))
+                            .map(|u| u.auth_type.method())
+                            .unwrap_or(auth::AuthMethod::Md5);
+                        ClientAuth::from_stored(method, &user, &s)
+                    })
+                    .unwrap_or_else(|| pools.mock_auth(&user)),
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, %user, %database, error = %e, "auth_query failed");
+                    let e = ClientAuthError::BadPassword(user.clone());
+                    refuse(&mut stream, e.sqlstate(), &e.to_string()).await;
+                    return None;
+                }
+                Err(_) => {
+                    refuse(&mut stream, "08006", "timeout during authentication").await;
+                    return None;
+                }
+            }
+        }
+        (other, _) => other.clone(),
+    };
     drop(pools);
     let auth = tokio::time::timeout_at(
         deadline,
-        auth::authenticate_client(&mut stream, &mut buf, &user, &pool.settings.auth),
+        auth::authenticate_client(
+            &mut stream,
+            &mut buf,
+            &user,
+            &client_auth,
+            end_point.as_deref(),
+        ),
     )
     .await;
     match auth {
-        Ok(Ok(())) => {}
+        Ok(Ok(keys)) => {
+            // Remember what logs this user in to PostgreSQL.
+            if let Some(passthrough) = &pool.settings.login.passthrough {
+                match (&client_auth, keys) {
+                    (ClientAuth::Md5(hash), _) => passthrough.set(PassSecret::Md5(hash.clone())),
+                    (ClientAuth::Scram(_), Some(keys)) => passthrough.set(PassSecret::Scram(keys)),
+                    _ => {}
+                }
+            }
+        }
         Ok(Err(ClientAuthError::Io(_))) => return None,
         Ok(Err(e)) => {
+            if let Some(query) = &pool.settings.auth_query {
+                // The password may have changed in PostgreSQL.
+                query.forget();
+            }
             tracing::info!(%peer, %user, %database, error = %e, "client authentication failed");
             refuse(&mut stream, e.sqlstate(), &e.to_string()).await;
             return None;
@@ -195,7 +262,8 @@ pub(super) async fn login(
     let reported = login_settings.reported.clone();
     let (info, registered) = shared.registry.add_client(NewClient {
         peer,
-        local: stream.local_addr().unwrap_or(peer),
+        local: stream.tcp().local_addr().unwrap_or(peer),
+        tls: stream.tls_description(),
         db: database.clone(),
         user: user.clone(),
         admin: false,
@@ -206,7 +274,7 @@ pub(super) async fn login(
         kill,
         fd: {
             use std::os::fd::AsRawFd;
-            stream.as_raw_fd()
+            stream.tcp().as_raw_fd()
         },
     });
     let registration = shared.cancel.register(info.clone());
@@ -241,6 +309,7 @@ pub(super) async fn login(
         pool: None,
         cached_pool: None,
         cleanup_server_connections: false,
+        route_each: false,
         limits: Default::default(),
         server_user: Arc::from(""),
         state,
@@ -263,15 +332,31 @@ pub(super) async fn login(
     Some(session)
 }
 
-/// Reads the startup packet, answering SSLRequest/GSSENCRequest with `N`
-/// and handling CancelRequest. Returns the startup parameters, or None
-/// when the connection is done.
+/// The first byte of a TLS handshake record: a client that starts with
+/// it negotiates TLS directly (PostgreSQL 17's `sslnegotiation=direct`).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Reads the startup packet: answers SSLRequest with `S` and performs the
+/// TLS handshake when TLS is configured (`N` otherwise, and always for
+/// GSSENCRequest), accepts direct TLS, handles CancelRequest, and refuses
+/// plaintext clients under `client_tls_sslmode = "require"`. Returns the
+/// startup parameters, or None when the connection is done.
 async fn startup(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     shared: &Shared,
     socket: &SocketSettings,
 ) -> io::Result<Option<Vec<(String, String)>>> {
+    let acceptor = shared.tls.acceptor.load_full();
+    if let (Stream::Plain(tcp), Some(acceptor)) = (&*stream, &acceptor) {
+        let mut first = [0u8; 1];
+        if tcp.peek(&mut first).await? == 1
+            && first[0] == TLS_HANDSHAKE
+            && !upgrade(stream, acceptor, true).await?
+        {
+            return Ok(None);
+        }
+    }
     loop {
         let packet = match wire::read_startup(stream, buf).await {
             Ok(p) => p,
@@ -290,7 +375,34 @@ async fn startup(
             Err(e) => return Err(e),
         };
         match messages::parse_startup(&packet) {
+            Ok(StartupPacket::SslRequest) if !stream.is_tls() && acceptor.is_some() => {
+                if !buf.is_empty() {
+                    // Bytes sent before our answer would be read as if
+                    // they had come over TLS (CVE-2021-23214).
+                    refuse(
+                        stream,
+                        "08P01",
+                        "received unencrypted data after SSL request",
+                    )
+                    .await;
+                    return Ok(None);
+                }
+                stream.write_all(b"S").await?;
+                let acceptor = acceptor.as_ref().expect("checked");
+                if !upgrade(stream, acceptor, false).await? {
+                    return Ok(None);
+                }
+            }
             Ok(StartupPacket::SslRequest) | Ok(StartupPacket::GssEncRequest) => {
+                if stream.is_tls() {
+                    refuse(
+                        stream,
+                        "08P01",
+                        "SSL request inside an encrypted connection",
+                    )
+                    .await;
+                    return Ok(None);
+                }
                 stream.write_all(b"N").await?;
             }
             Ok(StartupPacket::Cancel { pid, secret }) => {
@@ -314,6 +426,18 @@ async fn startup(
                 return Ok(None);
             }
             Ok(StartupPacket::Startup { minor, params }) => {
+                let required = acceptor
+                    .as_ref()
+                    .is_some_and(|a| a.mode == ClientSslMode::Require);
+                if required && !stream.is_tls() {
+                    refuse(
+                        stream,
+                        "28000",
+                        "SSL required: client_tls_sslmode is \"require\"",
+                    )
+                    .await;
+                    return Ok(None);
+                }
                 let unknown: Vec<String> = params
                     .iter()
                     .filter(|(k, _)| k.starts_with("_pq_."))
@@ -334,8 +458,43 @@ async fn startup(
     }
 }
 
+/// Performs the TLS handshake on a plaintext client stream. A direct TLS
+/// client must ask for ALPN `postgresql`, as PostgreSQL requires. Ok(false):
+/// the handshake failed and the connection is done.
+async fn upgrade(
+    stream: &mut Stream,
+    acceptor: &crate::proxy::tls::Acceptor,
+    direct: bool,
+) -> io::Result<bool> {
+    let Stream::Plain(tcp) = std::mem::replace(stream, Stream::Closed) else {
+        return Ok(false);
+    };
+    let tls = match tokio_rustls::TlsAcceptor::from(acceptor.config.clone())
+        .accept(tcp)
+        .await
+    {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::debug!(error = %e, "client TLS handshake failed");
+            return Ok(false);
+        }
+    };
+    let alpn_ok = tls.get_ref().1.alpn_protocol() == Some(crate::proxy::tls::ALPN_POSTGRESQL);
+    *stream = Stream::Accepted(Box::new(tls));
+    if direct && !alpn_ok {
+        refuse(
+            stream,
+            "08P01",
+            "received direct SSL connection request without ALPN protocol negotiation extension",
+        )
+        .await;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 /// Sends a FATAL error and gives up on the connection.
-pub(super) async fn refuse(stream: &mut TcpStream, code: &str, message: &str) {
+pub(super) async fn refuse(stream: &mut Stream, code: &str, message: &str) {
     let mut out = BytesMut::new();
     auth::refuse(&mut out, code, message);
     let _ = stream.write_all(&out).await;

@@ -20,6 +20,7 @@
 
 mod login;
 mod pump;
+mod route;
 mod state;
 mod statements;
 
@@ -102,7 +103,8 @@ pub enum SessionEnd {
     ClientGone,
     ClientProtocol(String),
     ServerFailed(String),
-    NoServer(String),
+    /// No server for this request (SQLSTATE, message); the client stays.
+    NoServer(&'static str, String),
     PoolRemoved(String),
     Shutdown,
     Stalled(String),
@@ -172,6 +174,12 @@ struct ClientState {
     statements: ClientStatements,
     /// Transaction mode: the client's unnamed statement.
     unnamed: Option<Arc<Unnamed>>,
+    /// Checkouts that failed on this connection (PgCat's
+    /// checkout_failure_limit counts them; never reset).
+    checkout_failures: u64,
+    /// Its routing state, once it has any (PgCat's commands, a routed
+    /// pool).
+    router: Option<Box<super::router::ClientRouter>>,
 }
 
 /// Bookkeeping for the server held right now, reset at each checkout.
@@ -206,7 +214,7 @@ struct Session {
     /// Counts the client in its pool's gauge while it is logged in.
     _logged_in: ClientsGauge,
     log_disconnect: bool,
-    client: TcpStream,
+    client: crate::proxy::tls::Stream,
     /// Bytes read from the client and not yet handled.
     cbuf: BytesMut,
     to_server: BytesMut,
@@ -229,6 +237,10 @@ struct Session {
     /// set it was found in: saves the name lookup while no reload ran.
     cached_pool: Option<(u64, Arc<UserPool>)>,
     cleanup_server_connections: bool,
+    /// Transaction mode in a routed pool: each request is routed on its
+    /// own, so the pump holds a pipelined next request until the server
+    /// has answered the one before (it may end the transaction).
+    route_each: bool,
     /// Bounds from the config, refreshed when the pool changes.
     limits: Limits,
     /// The user pgcat logs in to servers as (a different session user
@@ -348,20 +360,25 @@ impl Session {
                 }
                 // Idle: hold no buffers while the client is quiet.
                 self.release_buffers();
-                let readable = self.client.readable();
-                let ready = match self.limits.client_idle() {
-                    None => readable.await,
-                    Some(limit) => match tokio::time::timeout(limit, readable).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            self.fatal(
-                                "57P05",
-                                "terminating connection due to idle-session timeout (client_idle_timeout)",
-                            )
-                            .await;
-                            return SessionEnd::IdleTimeout;
-                        }
-                    },
+                // TLS: decrypted bytes may wait in rustls, not the socket.
+                let ready = if self.client.has_buffered() {
+                    Ok(())
+                } else {
+                    let readable = self.client.tcp().readable();
+                    match self.limits.client_idle() {
+                        None => readable.await,
+                        Some(limit) => match tokio::time::timeout(limit, readable).await {
+                            Ok(r) => r,
+                            Err(_) => {
+                                self.fatal(
+                                    "57P05",
+                                    "terminating connection due to idle-session timeout (client_idle_timeout)",
+                                )
+                                .await;
+                                return SessionEnd::IdleTimeout;
+                            }
+                        },
+                    }
                 };
                 if ready.is_err() {
                     return SessionEnd::ClientGone;
@@ -411,6 +428,19 @@ impl Session {
             return None;
         }
 
+        if self.may_be_router_command() {
+            let pool = match self.current_pool().await {
+                Ok(p) => p,
+                Err(end) => return Some(end),
+            };
+            if self.router_command(&pool) {
+                if self.flush_client().await.is_err() {
+                    return Some(SessionEnd::ClientGone);
+                }
+                return None;
+            }
+        }
+
         if self.mode == PoolMode::Transaction && self.prepare_locally() {
             if self.flush_client().await.is_err() {
                 return Some(SessionEnd::ClientGone);
@@ -420,10 +450,29 @@ impl Session {
 
         let mut server = match self.checkout().await {
             Ok(s) => s,
-            Err(SessionEnd::NoServer(msg)) => {
+            Err(SessionEnd::NoServer(code, msg)) => {
                 // The client may retry: answer this request with an
-                // error and keep the session.
-                self.error_response("53300", &msg);
+                // error and keep the session, up to the pool's
+                // checkout_failure_limit (PgCat's).
+                self.error_response(code, &msg);
+                self.cs.checkout_failures += 1;
+                let limit = self
+                    .shared
+                    .config
+                    .load()
+                    .pools
+                    .get(&self.db)
+                    .and_then(|p| p.checkout_failure_limit);
+                if let Some(limit) = limit.filter(|&l| self.cs.checkout_failures >= l) {
+                    messages::ready_for_query(&mut self.to_client, b'I');
+                    let _ = self.flush_client().await;
+                    let msg = format!(
+                        "checkout failure limit reached ({} / {limit})",
+                        self.cs.checkout_failures
+                    );
+                    self.fatal("58000", &msg).await;
+                    return Some(SessionEnd::NoServer("58000", msg));
+                }
                 self.skipping = true;
                 if let Err(e) = self.skip_until_sync().await {
                     return Some(e);
@@ -525,11 +574,14 @@ impl Session {
 
     async fn checkout(&mut self) -> Result<PooledServer, SessionEnd> {
         loop {
-            match self.checkout_current().await {
+            let pool = self.current_pool().await?;
+            let (shard, role) = self.route(&pool.settings.router);
+            match self.checkout_from(pool, shard, role).await {
                 Err(CheckoutError::Retired) => continue,
                 Err(e) => {
                     self.info.set_idle();
-                    return Err(SessionEnd::NoServer(e.to_string()));
+                    // PgCat answers every failed checkout with 58000.
+                    return Err(SessionEnd::NoServer("58000", e.to_string()));
                 }
                 Ok(Ok(server)) => return Ok(server),
                 Ok(Err(end)) => return Err(end),
@@ -537,39 +589,26 @@ impl Session {
         }
     }
 
-    /// One checkout from the pool that is current now. The outer error is
-    /// the pool's; the inner one ends the session.
-    async fn checkout_current(
-        &mut self,
-    ) -> Result<Result<PooledServer, SessionEnd>, CheckoutError> {
-        // A reload may have replaced the pool: every checkout goes to the
-        // current one. The set's generation says whether the pool found
-        // last time still is.
+    /// The pool that is current now: a reload may have replaced the one
+    /// found last time. The set's generation says whether it still is.
+    /// A pool removed from the config ends the session.
+    async fn current_pool(&mut self) -> Result<Arc<UserPool>, SessionEnd> {
         let current = self
             .shared
             .pools_generation
             .load(std::sync::atomic::Ordering::Acquire);
-        let cached = self
-            .cached_pool
-            .as_ref()
-            .filter(|(generation, _)| *generation == current)
-            .map(|(_, p)| p.clone());
-        let fresh = cached.is_none();
-        let (found, generation) = match cached {
-            Some(p) => (Lookup::Found(p), current),
-            None => {
-                let set = self.shared.pools.load();
-                (set.lookup(&self.db, &self.user), set.generation)
+        if let Some((generation, p)) = self.cached_pool.as_ref() {
+            if *generation == current {
+                return Ok(p.clone());
             }
-        };
-        let pool = match found {
+        }
+        let set = self.shared.pools.load();
+        match set.lookup(&self.db, &self.user) {
             Lookup::Found(p) => {
-                if fresh {
-                    // A reload ran: the pool or the limits may have changed.
-                    self.adopt_pool_settings(&p);
-                    self.cached_pool = Some((generation, p.clone()));
-                }
-                p
+                // A reload ran: the pool or the limits may have changed.
+                self.adopt_pool_settings(&p);
+                self.cached_pool = Some((set.generation, p.clone()));
+                Ok(p)
             }
             _ => {
                 let msg = format!(
@@ -577,13 +616,23 @@ impl Session {
                     self.db, self.user
                 );
                 self.fatal("08006", &msg).await;
-                return Ok(Err(SessionEnd::PoolRemoved(msg)));
+                Err(SessionEnd::PoolRemoved(msg))
             }
-        };
+        }
+    }
+
+    /// One checkout from `pool`, of `role` in `shard`. The outer error is
+    /// the pool's; the inner one ends the session.
+    async fn checkout_from(
+        &mut self,
+        pool: Arc<UserPool>,
+        shard: Option<usize>,
+        role: super::router::RoleRequest,
+    ) -> Result<Result<PooledServer, SessionEnd>, CheckoutError> {
         self.info.set_waiting();
         let mut server = {
             let _waiting = GaugeGuard::new(&self.state.stats.clients_waiting);
-            pool.checkout().await?
+            pool.checkout_to(shard, role).await?
         };
         // Until the transaction ends cleanly the connection counts as
         // broken: if this session is dropped mid-request (KILL, forced
@@ -591,6 +640,7 @@ impl Session {
         server.broken = true;
         server.info.set_state(ServerState::Active, self.info.id);
         self.info.set_active(server.info.id);
+        self.route_each = self.mode == PoolMode::Transaction && pool.settings.router.active();
         self.pool = Some(pool);
         self.tracker.reset();
         if let Err(e) = self.enter(&mut server).await {

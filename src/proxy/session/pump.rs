@@ -236,6 +236,18 @@ impl Session {
             if self.release_ready() {
                 return Poll::Ready(Outcome::Released);
             }
+            if self.route_each
+                && !self.cbuf.is_empty()
+                && self.client_left == 0
+                && !self.tracker.awaiting_replies()
+            {
+                // A held request, inside the transaction: same server.
+                let before = self.cbuf.len();
+                if let Err(o) = self.process_client(server, mirrors) {
+                    return Poll::Ready(o);
+                }
+                progress |= self.cbuf.len() != before;
+            }
             // Nor while replies pgcat writes itself (synthesized ones, for
             // a client that pipelines without reading) are waiting.
             if self.to_server.len() < HIGH_WATER && self.to_client.len() < HIGH_WATER {
@@ -365,6 +377,15 @@ impl Session {
                     self.client_left = h.total - available;
                     pos = self.cbuf.len();
                 }
+                break;
+            }
+            if self.route_each
+                && matches!(h.tag, b'Q' | b'P' | b'B')
+                && self.tracker.awaiting_replies()
+                && !self.tracker.unsynced()
+            {
+                // The start of the next request: held until this one is
+                // answered, then routed anew if the transaction is over.
                 break;
             }
             match h.tag {

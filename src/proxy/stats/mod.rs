@@ -280,6 +280,8 @@ pub struct ClientInfo {
     pub kill: KillSwitch,
     /// The socket, for keepalive read-back; valid while registered.
     pub fd: std::os::fd::RawFd,
+    /// TLS version and cipher (None: plaintext).
+    pub tls: Option<String>,
 }
 
 impl ClientInfo {
@@ -358,6 +360,8 @@ pub struct ServerInfo {
     pub application_name: Mutex<String>,
     /// The socket, for keepalive read-back; -1 until connected.
     pub fd: AtomicI32,
+    /// TLS version and cipher (None: plaintext).
+    pub tls: Mutex<Option<String>>,
     /// Cancel requests being forwarded to this connection right now: it
     /// stays out of the pool until they are done, so that a cancel meant
     /// for one client's query cannot hit the next client's.
@@ -464,6 +468,8 @@ pub struct NewClient {
     pub application_name: String,
     pub kill: KillSwitch,
     pub fd: std::os::fd::RawFd,
+    /// TLS version and cipher, when the client is on TLS.
+    pub tls: Option<String>,
 }
 
 /// Aborts one connection's task: set once the task is spawned.
@@ -559,6 +565,7 @@ impl Registry {
             server: AtomicU64::new(0),
             kill: c.kill,
             fd: c.fd,
+            tls: c.tls,
         });
         self.clients.lock().insert(id, info.clone());
         (
@@ -608,6 +615,7 @@ impl Registry {
             client: AtomicU64::new(0),
             application_name: Mutex::new(String::new()),
             fd: AtomicI32::new(-1),
+            tls: Mutex::new(None),
             cancels: AtomicU32::new(0),
             cancels_done: tokio::sync::Notify::new(),
         })

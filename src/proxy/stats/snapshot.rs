@@ -19,7 +19,12 @@ pub struct PoolServerSnapshot {
     pub host: String,
     pub port: u16,
     pub database: String,
+    /// The role now: the configured one, or for `auto` the one found.
     pub role: &'static str,
+    /// As configured (`primary`, `replica`, `auto`).
+    pub configured_role: &'static str,
+    /// Replay lag in ms as last measured (monitored pools only).
+    pub lag_ms: Option<i64>,
     pub shard: usize,
     pub banned: bool,
     pub ban_remaining_s: u64,
@@ -71,6 +76,8 @@ pub struct ClientSnapshot {
     pub server_id: u64,
     pub application_name: String,
     pub socket: Option<SocketInfo>,
+    /// TLS version and cipher (None: plaintext).
+    pub tls: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,6 +90,8 @@ pub struct ServerSnapshot {
     pub port: u16,
     pub database: String,
     pub role: &'static str,
+    /// The server's replay lag in ms as last measured.
+    pub lag_ms: Option<i64>,
     pub local_addr: String,
     pub local_port: u16,
     pub connect_time_unix: u64,
@@ -91,6 +100,8 @@ pub struct ServerSnapshot {
     pub remote_pid: i32,
     pub application_name: String,
     pub socket: Option<SocketInfo>,
+    /// TLS version and cipher (None: plaintext).
+    pub tls: Option<String>,
 }
 
 /// Everything the admin console, the exporter and the dashboard show, read
@@ -108,6 +119,18 @@ pub struct Snapshot {
     pub reloads: Vec<ReloadRecord>,
     pub reload_count: u64,
     pub reload_failures: u64,
+    /// The certificate files in force (TLS towards clients and servers).
+    pub certificates: Vec<CertificateSnapshot>,
+}
+
+/// A certificate file in force: which key names it, whose it is, and
+/// when it expires.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CertificateSnapshot {
+    pub key: String,
+    pub path: String,
+    pub subject: String,
+    pub not_after_unix: i64,
 }
 
 impl Snapshot {
@@ -146,6 +169,7 @@ impl Snapshot {
                     } else {
                         None
                     },
+                    tls: c.tls.clone(),
                 }
             })
             .collect();
@@ -164,6 +188,7 @@ impl Snapshot {
                     port: s.port,
                     database: s.database.clone(),
                     role: s.role,
+                    lag_ms: None,
                     local_addr: local.map(|a| a.ip().to_string()).unwrap_or_default(),
                     local_port: local.map(|a| a.port()).unwrap_or(0),
                     connect_time_unix: unix_secs(s.connect_time),
@@ -176,6 +201,7 @@ impl Snapshot {
                     } else {
                         None
                     },
+                    tls: s.tls.lock().clone(),
                 }
             })
             .collect();
@@ -238,7 +264,9 @@ impl Snapshot {
                                 host: s.address.host.clone(),
                                 port: s.address.port,
                                 database: s.address.database.clone(),
-                                role: s.address.role.as_str(),
+                                role: s.role().as_str(),
+                                configured_role: s.address.role.as_str(),
+                                lag_ms: s.lag_ms(),
                                 shard: s.address.shard,
                                 banned: s.is_banned(),
                                 ban_remaining_s: s
@@ -261,6 +289,19 @@ impl Snapshot {
             })
             .collect();
         pools.sort_by(|a, b| (&a.db, &a.user).cmp(&(&b.db, &b.user)));
+        // A connection's role and lag are its server's, as the pool knows.
+        let mut servers = servers;
+        for s in servers.iter_mut() {
+            let found = pools
+                .iter()
+                .filter(|p| p.db == s.db && p.user == s.user)
+                .flat_map(|p| p.servers.iter())
+                .find(|v| v.host == s.host && v.port == s.port && v.database == s.database);
+            if let Some(v) = found {
+                s.role = v.role;
+                s.lag_ms = v.lag_ms;
+            }
+        }
         let config = shared.config.load();
         let (reloads, reload_count, reload_failures) = shared.reload_history();
         Snapshot {
@@ -275,6 +316,17 @@ impl Snapshot {
             reloads,
             reload_count,
             reload_failures,
+            certificates: shared
+                .tls
+                .certificates()
+                .into_iter()
+                .map(|c| CertificateSnapshot {
+                    key: c.key.to_string(),
+                    path: c.path,
+                    subject: c.subject,
+                    not_after_unix: c.not_after,
+                })
+                .collect(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Header: version, listen address, uptime, config file, last reload,
-//! totals and rates, and the result of the last action.
+//! totals and rates, days until the first TLS certificate expires, and
+//! the result of the last action.
 
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
@@ -60,6 +61,16 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             app.tps
         )),
     ];
+    // The certificate that expires first: red within a week.
+    if let Some(c) = s.certificates.iter().min_by_key(|c| c.not_after_unix) {
+        let days = (c.not_after_unix - s.taken_at_unix as i64).div_euclid(86_400);
+        let style = if days < 7 {
+            Style::default().fg(Color::Red).add_modifier(Modifier::BOLD)
+        } else {
+            Style::default().fg(Color::DarkGray)
+        };
+        second.push(Span::styled(format!("  tls cert {days}d"), style));
+    }
     if let Some(m) = &app.message {
         let style = if m.error {
             Style::default().fg(Color::Red).add_modifier(Modifier::BOLD)

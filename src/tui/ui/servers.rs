@@ -17,8 +17,8 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         None => "Servers".to_string(),
     };
     let header = Row::new([
-        "address", "rol", "state", "ban", "kalive", "utmo", "rtt", "prb", "unack", "retr",
-        "last rx",
+        "address", "rol", "state", "ban", "lag", "kalive", "utmo", "rtt", "prb", "unack", "retr",
+        "rx ago",
     ])
     .style(Style::default().add_modifier(Modifier::BOLD));
     let mut rows = Vec::new();
@@ -38,7 +38,8 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 .iter()
                 .find(|x| x.host == c.host && x.port == c.port);
             let role = pool_server.map(|x| x.role).unwrap_or(c.role);
-            let banned = pool_server.is_some_and(|x| x.banned);
+            let ban = ban_cell(pool_server);
+            let lag = lag_cell(pool_server);
             let (ka, utmo, rtt, probes, unacked, retr, last) = match &c.socket {
                 Some(k) => (
                     if k.keepalive {
@@ -84,7 +85,8 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                     Cell::from(format!("{}:{}", c.host, c.port)),
                     Cell::from(&role[..role.len().min(3)]),
                     Cell::from(c.state),
-                    Cell::from(if banned { "BAN" } else { "-" }),
+                    Cell::from(ban),
+                    Cell::from(lag),
                     Cell::from(ka),
                     Cell::from(utmo),
                     Cell::from(rtt),
@@ -97,6 +99,31 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             );
         }
     }
+    // Servers without a connection (banned, or not used yet) still show,
+    // with their ban and lag.
+    if let (Some(p), Some(s)) = (app.selected_pool(), app.snapshot.as_ref()) {
+        for x in p.servers.iter().filter(|x| {
+            !s.servers
+                .iter()
+                .any(|c| c.db == p.db && c.user == p.user && c.host == x.host && c.port == x.port)
+        }) {
+            let style = if x.banned {
+                Style::default().fg(Color::Red)
+            } else {
+                Style::default().fg(Color::DarkGray)
+            };
+            rows.push(
+                Row::new(vec![
+                    Cell::from(format!("{}:{}", x.host, x.port)),
+                    Cell::from(&x.role[..x.role.len().min(3)]),
+                    Cell::from("none"),
+                    Cell::from(ban_cell(Some(x))),
+                    Cell::from(lag_cell(Some(x))),
+                ])
+                .style(style),
+            );
+        }
+    }
     let table = Table::new(
         rows,
         [
@@ -104,6 +131,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             Constraint::Length(3),
             Constraint::Length(6),
             Constraint::Length(3),
+            Constraint::Length(5),
             Constraint::Length(7),
             Constraint::Length(4),
             Constraint::Length(6),
@@ -116,4 +144,21 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     .header(header)
     .block(block(&title, focused(app, Focus::Servers)));
     frame.render_widget(table, area);
+}
+
+/// A server's ban: the seconds it has left, or `-`.
+fn ban_cell(s: Option<&crate::proxy::stats::snapshot::PoolServerSnapshot>) -> String {
+    match s {
+        Some(x) if x.banned && x.ban_remaining_s < 100 => format!("{}s", x.ban_remaining_s.max(1)),
+        Some(x) if x.banned => format!("{}m", (x.ban_remaining_s / 60).min(99)),
+        _ => "-".into(),
+    }
+}
+
+/// A server's replay lag as last measured, or `-`.
+fn lag_cell(s: Option<&crate::proxy::stats::snapshot::PoolServerSnapshot>) -> String {
+    match s.and_then(|x| x.lag_ms) {
+        Some(l) => fmt_ms(l.max(0) as u64),
+        None => "-".into(),
+    }
 }

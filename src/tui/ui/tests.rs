@@ -9,7 +9,7 @@ use ratatui::Terminal;
 use crate::proxy::mirror::MirrorSnapshot;
 use crate::proxy::net::SocketInfo;
 use crate::proxy::stats::snapshot::{
-    ClientSnapshot, PoolServerSnapshot, PoolSnapshot, ServerSnapshot, Snapshot,
+    CertificateSnapshot, ClientSnapshot, PoolServerSnapshot, PoolSnapshot, ServerSnapshot, Snapshot,
 };
 use crate::proxy::stats::{Averages, ReloadRecord, Totals};
 use crate::tui::app::App;
@@ -44,6 +44,7 @@ fn server(id: u64, state: &'static str, s: SocketInfo) -> ServerSnapshot {
         port: 5432,
         database: "app".into(),
         role: "primary",
+        lag_ms: None,
         local_addr: "127.0.0.1".into(),
         local_port: 40000 + id as u16,
         connect_time_unix: T0,
@@ -52,6 +53,7 @@ fn server(id: u64, state: &'static str, s: SocketInfo) -> ServerSnapshot {
         remote_pid: 1000 + id as i32,
         application_name: "".into(),
         socket: Some(s),
+        tls: None,
     }
 }
 
@@ -93,6 +95,8 @@ pub(crate) fn fixture() -> Snapshot {
             port: 5432,
             database: "app".into(),
             role: "primary",
+            configured_role: "primary",
+            lag_ms: None,
             shard: 0,
             banned: false,
             ban_remaining_s: 0,
@@ -105,6 +109,8 @@ pub(crate) fn fixture() -> Snapshot {
             port: 5432,
             database: "app".into(),
             role: "replica",
+            configured_role: "auto",
+            lag_ms: Some(1250),
             shard: 0,
             banned: true,
             ban_remaining_s: 42,
@@ -156,6 +162,7 @@ pub(crate) fn fixture() -> Snapshot {
             server_id: 1,
             application_name: "psql".into(),
             socket: None,
+            tls: Some("TLSv1_3/TLS13_AES_256_GCM_SHA384".into()),
         }],
         servers: vec![
             server(1, "active", socket(0, 0, 0, 12)),
@@ -171,6 +178,12 @@ pub(crate) fn fixture() -> Snapshot {
         }],
         reload_count: 1,
         reload_failures: 0,
+        certificates: vec![CertificateSnapshot {
+            key: "tls_certificate".into(),
+            path: "/etc/pgcat/server.crt".into(),
+            subject: "CN=pgcat.example".into(),
+            not_after_unix: 1_900_000_000,
+        }],
     }
 }
 
@@ -235,6 +248,20 @@ fn servers_panel_shows_keepalive_state() {
     let out = render(80, 5, |f| super::draw_servers(f, f.area(), &app));
     assert!(out.contains("5/5/5"), "{out}");
     insta::assert_snapshot!(out);
+}
+
+#[test]
+fn servers_panel_shows_bans_and_lag_of_servers_without_connections() {
+    let app = app();
+    let out = render(80, 6, |f| super::draw_servers(f, f.area(), &app));
+    let row = out
+        .lines()
+        .find(|l| l.contains("10.0.0.2:5432"))
+        .unwrap_or_else(|| panic!("banned replica missing:\n{out}"));
+    assert!(
+        row.contains("rep") && row.contains("42s") && row.contains("1.2s"),
+        "{row}"
+    );
 }
 
 #[test]
