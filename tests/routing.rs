@@ -300,6 +300,39 @@ async fn load_balancing_modes() {
         assert_eq!(seen, HashMap::from([(free, 30)]), "loc with {role} busy");
         holder.simple_query("COMMIT").await.unwrap();
     }
+    // Ties (both idle) are broken at random, not always the same way.
+    let seen = tally(&client, 100).await;
+    for port in [p.primary.port, p.replica.port] {
+        assert!(
+            seen.get(&port).copied().unwrap_or(0) >= 20,
+            "loc ties: {seen:?}"
+        );
+    }
+    proxy.stop().await;
+
+    // random with a dead third server: once it is banned, the draw is
+    // among the healthy ones, evenly (falling through to the next server
+    // in config order would give one of them two thirds).
+    let dead = free_port();
+    let mut three = servers(&p);
+    three.insert(1, ("127.0.0.1", dead, "replica"));
+    let proxy = TestProxy::start(&config(
+        &p.db,
+        &three,
+        "load_balancing_mode = \"random\"",
+        "",
+    ))
+    .await;
+    let client = proxy.connect(&p.db).await;
+    let seen = tally(&client, 200).await;
+    assert!(!seen.contains_key(&dead));
+    for port in [p.primary.port, p.replica.port] {
+        let n = seen.get(&port).copied().unwrap_or(0);
+        assert!(
+            (70..=130).contains(&n),
+            "random among the healthy: {seen:?}"
+        );
+    }
     proxy.stop().await;
 
     // round_robin: one after the other.

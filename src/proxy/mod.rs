@@ -220,6 +220,8 @@ impl Proxy {
             let _ = done_tx.send(true);
         });
         tracing::info!(%local_addr, "pgcat listening");
+        // PgCat's words, which scripts (and its test suite) wait for.
+        tracing::info!("Waiting for clients");
         Ok(ProxyHandle {
             shared,
             local_addr,

@@ -42,6 +42,8 @@ impl ReloadLog {
 
 /// Re-reads the config file the proxy was started with and applies it.
 pub fn reload_file(shared: &Shared, trigger: &str) -> Result<ReloadRecord, ConfigError> {
+    // PgCat's words, which its tooling looks for before the errors.
+    tracing::info!(trigger, "Reloading config");
     let path = shared.config.load().path.clone();
     let Some(path) = path else {
         let e = ConfigError {

@@ -116,7 +116,6 @@ impl Stream {
     /// Best-effort synchronous write of a last message (Terminate) before
     /// the socket is dropped; with TLS also a close_notify.
     pub fn try_write_last(&mut self, data: &[u8]) {
-        use std::io::Write;
         match self {
             Stream::Closed => {}
             Stream::Plain(s) => {
@@ -124,26 +123,26 @@ impl Stream {
             }
             Stream::Accepted(s) => {
                 let (tcp, conn) = s.get_mut();
-                let _ = conn.writer().write_all(data);
-                conn.send_close_notify();
-                let mut w = TryWriter(tcp);
-                while conn.wants_write() {
-                    if !matches!(conn.write_tls(&mut w), Ok(n) if n > 0) {
-                        break;
-                    }
-                }
+                write_last(tcp, conn, data);
             }
             Stream::Connected(s) => {
                 let (tcp, conn) = s.get_mut();
-                let _ = conn.writer().write_all(data);
-                conn.send_close_notify();
-                let mut w = TryWriter(tcp);
-                while conn.wants_write() {
-                    if !matches!(conn.write_tls(&mut w), Ok(n) if n > 0) {
-                        break;
-                    }
-                }
+                write_last(tcp, conn, data);
             }
+        }
+    }
+}
+
+/// Queues `data` and a close_notify in a TLS session and writes what the
+/// socket takes now.
+fn write_last<D>(tcp: &TcpStream, conn: &mut rustls::ConnectionCommon<D>, data: &[u8]) {
+    use std::io::Write;
+    let _ = conn.writer().write_all(data);
+    conn.send_close_notify();
+    let mut w = TryWriter(tcp);
+    while conn.wants_write() {
+        if !matches!(conn.write_tls(&mut w), Ok(n) if n > 0) {
+            break;
         }
     }
 }

@@ -95,10 +95,18 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub async fn connect(url: &AdminUrl) -> Result<AdminClient, String> {
+        // The dashboard reads PgBouncer's columns (and pgcat's after
+        // them): database `pgcat` speaks PgCat's dialect, so ask
+        // `pgbouncer`, the same console.
+        let database = if url.database == "pgcat" {
+            "pgbouncer".to_string()
+        } else {
+            url.database.clone()
+        };
         let address = Arc::new(ServerAddress {
             host: url.host.clone(),
             port: url.port,
-            database: url.database.clone(),
+            database,
             role: Role::Primary,
             shard: 0,
             index: 0,
@@ -546,6 +554,9 @@ async fn remote_snapshot(c: &mut AdminClient, url: &AdminUrl) -> Result<Snapshot
             application_name: get(c, "application_name").to_string(),
             socket: socket_from(c),
             tls: Some(get(c, "tls").to_string()).filter(|t| !t.is_empty()),
+            xact_count: 0,
+            query_count: 0,
+            max_wait_us: 0,
         })
         .collect();
     let reloads = reloads

@@ -978,7 +978,9 @@ impl TestProxy {
 }
 
 pub fn admin_conn_str(port: u16) -> String {
-    format!("host=127.0.0.1 port={port} user={ADMIN_USER} password={ADMIN_PASSWORD} dbname=pgcat")
+    format!(
+        "host=127.0.0.1 port={port} user={ADMIN_USER} password={ADMIN_PASSWORD} dbname=pgbouncer"
+    )
 }
 
 /// Rows of an admin command as column -> value maps.

@@ -6,8 +6,10 @@
 //!
 //! Each command lives in its own file as a [`Command`].
 
+mod ban;
 mod kill;
 mod pause;
+mod pgcat_dialect;
 mod reconnect;
 mod reload;
 mod resume;
@@ -72,6 +74,8 @@ pub enum Reply {
 pub struct AdminError {
     pub code: &'static str,
     pub message: String,
+    /// Close the connection instead of answering (PgCat's RELOAD failure).
+    pub close: bool,
 }
 
 impl AdminError {
@@ -79,6 +83,15 @@ impl AdminError {
         AdminError {
             code,
             message: message.into(),
+            close: false,
+        }
+    }
+
+    pub fn closing(message: impl Into<String>) -> Self {
+        AdminError {
+            code: "F0000",
+            message: message.into(),
+            close: true,
         }
     }
 }
@@ -86,6 +99,9 @@ impl AdminError {
 /// What commands can reach.
 pub struct Context {
     pub shared: Arc<Shared>,
+    /// The session is on database `pgcat`: PgCat's dialect (its errors,
+    /// SQLSTATE 58000); on `pgbouncer`, PgBouncer's.
+    pub pgcat_dialect: bool,
 }
 
 impl Context {
@@ -104,6 +120,8 @@ pub enum Kind {
 pub struct Table {
     columns: Vec<(&'static str, Kind)>,
     rows: Vec<Vec<Option<String>>>,
+    /// CommandComplete tag (`SHOW` unless the command says otherwise).
+    tag: &'static str,
 }
 
 impl Table {
@@ -111,7 +129,14 @@ impl Table {
         Table {
             columns: columns.to_vec(),
             rows: Vec::new(),
+            tag: "SHOW",
         }
+    }
+
+    /// The same table answered with another command tag (`BAN`, `UNBAN`).
+    pub fn tagged(mut self, tag: &'static str) -> Self {
+        self.tag = tag;
+        self
     }
 
     pub fn row(&mut self, values: Vec<Option<String>>) {
@@ -141,7 +166,7 @@ impl Table {
             messages::data_row_text(out, row);
         }
         let at = messages::begin(out, b'C');
-        messages::put_cstr(out, b"SHOW");
+        messages::put_cstr(out, self.tag.as_bytes());
         messages::finish(out, at);
     }
 }
@@ -195,6 +220,8 @@ pub const COMMANDS: &[Command] = &[
     show_version::COMMAND,
     show_status::COMMAND,
     reload::COMMAND,
+    ban::BAN,
+    ban::UNBAN,
     pause::COMMAND,
     resume::COMMAND,
     reconnect::COMMAND,
@@ -224,10 +251,20 @@ pub async fn execute(ctx: &Context, statement: &str) -> Result<Reply, AdminError
             Reply::Wait(answer) => answer.await,
             reply => Ok(reply),
         },
+        None if ctx.pgcat_dialect => Err(unsupported(&upper)),
         None => Err(AdminError::new(
             "42601",
             format!("invalid command '{statement}', use SHOW HELP;"),
         )),
+    }
+}
+
+/// PgCat's answer to a statement it does not know.
+fn unsupported(upper: &[String]) -> AdminError {
+    if upper.first().map(String::as_str) == Some("SHOW") {
+        AdminError::new("58000", "Unsupported SHOW query against the admin database")
+    } else {
+        AdminError::new("58000", "Unsupported query against the admin database")
     }
 }
 
@@ -319,7 +356,10 @@ pub async fn serve(mut stream: Stream, mut buf: BytesMut, login: AdminLogin, sha
     if stream.write_all(&out).await.is_err() {
         return;
     }
-    let ctx = Context { shared };
+    let ctx = Context {
+        shared,
+        pgcat_dialect: login.database == "pgcat",
+    };
     let mut skipping = false;
     loop {
         let msg = match wire::read_message(&mut stream, &mut buf, 1 << 20).await {
@@ -337,7 +377,12 @@ pub async fn serve(mut stream: Stream, mut buf: BytesMut, login: AdminLogin, sha
                     .filter(|s| !s.is_empty())
                     .collect();
                 if statements.is_empty() {
-                    out.put_slice(&[b'I', 0, 0, 0, 4]);
+                    if ctx.pgcat_dialect {
+                        let e = unsupported(&[]);
+                        messages::error_response(&mut out, Severity::Error, e.code, &e.message);
+                    } else {
+                        out.put_slice(&[b'I', 0, 0, 0, 4]);
+                    }
                 }
                 for statement in statements {
                     match execute(&ctx, statement).await {
@@ -348,6 +393,10 @@ pub async fn serve(mut stream: Stream, mut buf: BytesMut, login: AdminLogin, sha
                             messages::finish(&mut out, at);
                         }
                         Ok(Reply::Wait(_)) => unreachable!("execute awaits the answer"),
+                        Err(e) if e.close => {
+                            tracing::error!("{}", e.message);
+                            return;
+                        }
                         Err(e) => {
                             messages::error_response(&mut out, Severity::Error, e.code, &e.message);
                             break;
@@ -396,6 +445,16 @@ pub fn matching_pools(
         .cloned()
         .collect();
     if pools.is_empty() {
+        if ctx.pgcat_dialect {
+            return Err(AdminError::new(
+                "58000",
+                format!(
+                    "No pool configured for database: {}, user: {}",
+                    db.unwrap_or_default(),
+                    user.unwrap_or_default()
+                ),
+            ));
+        }
         return Err(AdminError::new("08P01", "no such database or user"));
     }
     Ok(pools)

@@ -17,6 +17,11 @@ fn run(ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
             Some(e) => Err(AdminError::new("F0000", format!("reload incomplete: {e}"))),
             None => Ok(Reply::Done("RELOAD".into())),
         },
+        // PgCat closes the admin connection on a config that does not
+        // load (the error is in its log); pgcat does so on `pgcat`.
+        Err(e) if ctx.pgcat_dialect => Err(AdminError::closing(format!(
+            "reload failed, running config kept: {e}"
+        ))),
         Err(e) => Err(AdminError::new(
             "F0000",
             format!("reload failed, running config kept: {e}"),

@@ -11,6 +11,9 @@ pub const COMMAND: Command = Command {
 };
 
 fn run(ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
+    if ctx.pgcat_dialect {
+        return Ok(Reply::Rows(super::pgcat_dialect::clients(ctx)));
+    }
     let mut t = Table::new(COLUMNS);
     for c in ctx.snapshot().clients {
         let mut row = vec![

@@ -234,6 +234,33 @@ where
     }
 }
 
+/// The md5 exchange without its verdict: sends the challenge, returns the
+/// salt and the client's answer. For auth_query users, whose answer may
+/// be checked against a secret fetched again (PgCat refetches after a
+/// mismatch, so a password changed in PostgreSQL works at once).
+pub async fn md5_exchange<S>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<([u8; 4], Vec<u8>), ClientAuthError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::with_capacity(16);
+    let mut salt = [0u8; 4];
+    rand::thread_rng().fill_bytes(&mut salt);
+    messages::auth_md5(&mut out, salt);
+    stream.write_all(&out).await?;
+    let msg = expect_password_message(stream, buf).await?;
+    let (got, _) =
+        read_cstr(&msg, "PasswordMessage").map_err(|e| ClientAuthError::Protocol(e.to_string()))?;
+    Ok((salt, got.to_vec()))
+}
+
+/// Whether an md5 answer matches a stored md5 hash.
+pub fn md5_matches(stored: &str, salt: [u8; 4], answer: &[u8]) -> bool {
+    md5::constant_time_eq(answer, md5::salted_response(stored, salt).as_bytes())
+}
+
 async fn expect_password_message<S>(
     stream: &mut S,
     buf: &mut BytesMut,

@@ -38,10 +38,18 @@ struct Hashed<'a> {
     name: &'a str,
     general: PoolRelevantGeneral<'a>,
     pool: &'a Pool,
+    /// The global `[plugins]`, which a pool without its own uses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plugins: Option<&'a toml::Value>,
 }
 
 /// A 64-bit digest of everything that shapes the pool's connections.
-pub fn pool_hash(general: &General, name: &str, pool: &Pool) -> u64 {
+pub fn pool_hash(
+    general: &General,
+    global_plugins: Option<&toml::Value>,
+    name: &str,
+    pool: &Pool,
+) -> u64 {
     let input = Hashed {
         name,
         general: PoolRelevantGeneral {
@@ -70,6 +78,11 @@ pub fn pool_hash(general: &General, name: &str, pool: &Pool) -> u64 {
             }),
         },
         pool,
+        plugins: if pool.plugins.is_none() {
+            global_plugins
+        } else {
+            None
+        },
     };
     // TOML output of these structs is deterministic: fields in
     // declaration order, maps sorted.
@@ -106,8 +119,8 @@ servers = [["127.0.0.1", 5432, "primary"]]
     fn hashes(text: &str) -> (u64, u64) {
         let (c, _) = Config::parse(text, "t").unwrap();
         (
-            pool_hash(&c.general, "app", &c.pools["app"]),
-            pool_hash(&c.general, "other", &c.pools["other"]),
+            pool_hash(&c.general, None, "app", &c.pools["app"]),
+            pool_hash(&c.general, None, "other", &c.pools["other"]),
         )
     }
 

@@ -228,8 +228,10 @@ impl Validator<'_> {
                 );
             }
         }
-        if c.plugins.is_some() {
-            self.warn("plugins".into(), "query plugins are not supported, ignored");
+        if let Some(v) = &c.plugins {
+            if let Err(e) = crate::proxy::router::plugins::Plugins::from_toml(v) {
+                return Err(self.error("plugins".into(), e));
+            }
         }
 
         for (name, pool) in &c.pools {
@@ -249,11 +251,16 @@ impl Validator<'_> {
             if pool.shards.is_empty() {
                 return Err(self.error(p, "needs at least one [shards.N] table"));
             }
-            if pool.plugins.is_some() {
-                self.warn(
-                    format!("{p}.plugins"),
-                    "query plugins are not supported, ignored",
-                );
+            if let Some(v) = &pool.plugins {
+                if !pool.query_parser_enabled {
+                    return Err(self.error(
+                        format!("{p}.plugins"),
+                        "plugins are only valid when query_parser_enabled is true",
+                    ));
+                }
+                if let Err(e) = crate::proxy::router::plugins::Plugins::from_toml(v) {
+                    return Err(self.error(format!("{p}.plugins"), e));
+                }
             }
             if pool.query_parser_read_write_splitting && !pool.query_parser_enabled {
                 return Err(self.error(
@@ -423,10 +430,16 @@ impl Validator<'_> {
                     .and_then(|i| i.parse::<usize>().ok())
                     .is_some_and(|i| i < n);
             if !ok {
+                // PgCat's words first when a shard number is out of range.
+                let invalid = ds
+                    .strip_prefix("shard_")
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .map(|i| format!("Invalid shard {i}: "))
+                    .unwrap_or_default();
                 return Err(self.error(
                     format!("{p}.default_shard"),
                     format!(
-                        "must be \"random\", \"random_healthy\" or shard_0..shard_{}",
+                        "{invalid}must be \"random\", \"random_healthy\" or shard_0..shard_{}",
                         n - 1
                     ),
                 ));

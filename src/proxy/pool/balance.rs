@@ -160,7 +160,7 @@ impl UserPool {
             let fits = match (role, only.role()) {
                 (_, KnownRole::Unknown) => false,
                 (RoleRequest::Any, _) | (_, KnownRole::Primary) => true,
-                (RoleRequest::Replica, KnownRole::Replica) => true,
+                (RoleRequest::Replica | RoleRequest::Read, KnownRole::Replica) => true,
                 (RoleRequest::Primary, KnownRole::Replica) => false,
             };
             if fits && !only.is_banned() {
@@ -189,6 +189,10 @@ impl UserPool {
             ),
             RoleRequest::Replica => (
                 pick(&|s| s.role() == KnownRole::Replica && !s.is_banned() && lag_ok(s)),
+                Vec::new(),
+            ),
+            RoleRequest::Read => (
+                pick(&|s| s.role() == KnownRole::Replica && !s.is_banned() && lag_ok(s)),
                 pick(&|s| s.role() == KnownRole::Primary && !s.is_banned()),
             ),
         };
@@ -206,6 +210,7 @@ impl UserPool {
             }
             first = match role {
                 RoleRequest::Primary => pick(&|s| s.role() == KnownRole::Primary),
+                RoleRequest::Replica => pick(&|s| s.role() == KnownRole::Replica),
                 _ => pick(&|s| s.role() != KnownRole::Unknown),
             };
         }
@@ -248,6 +253,7 @@ impl UserPool {
         if self.state.is_paused() {
             self.state.wait_unpaused().await;
         }
+        let shard_asked = shard;
         let shard = match shard {
             _ if self.shards.len() == 1 => 0,
             Some(n) if n >= self.shards.len() => return Err(CheckoutError::InvalidShard(n)),
@@ -306,6 +312,26 @@ impl UserPool {
             }
         }
         PoolStats::add(&self.state.stats.errors, 1);
+        // random_healthy (PgCat): a query that named no shard and found
+        // its shard failing goes to another shard that is not.
+        if shard_asked.is_none()
+            && self.settings.default_shard == "random_healthy"
+            && self.shards.len() > 1
+        {
+            let others: Vec<usize> = (0..self.shards.len())
+                .filter(|&i| i != shard)
+                .filter(|&i| {
+                    self.shards[i]
+                        .iter()
+                        .any(|s| s.last_error().is_none() && !s.is_banned())
+                })
+                .collect();
+            let next = others.choose(&mut rand::thread_rng()).copied();
+            if let Some(next) = next {
+                tracing::warn!(shard, next, "shard failing: random_healthy picks another");
+                return Box::pin(self.checkout_to(Some(next), role)).await;
+            }
+        }
         Err(CheckoutError::Timeout {
             db: self.settings.db.clone(),
             user: self.settings.user.clone(),

@@ -32,6 +32,7 @@ use super::mirror::{MirrorHandle, MirrorSpec, MirrorStats};
 use super::net::SocketSettings;
 use super::protocol::settings::Settings;
 use super::protocol::statements::StatementId;
+use super::router::plugins::Plugins;
 use super::router::{RoleRequest, RouterConfig};
 use super::server::{LoginInfo, Params, Server, ServerAddress, ServerError};
 use super::stats::{PoolStats, Registry, ServerState};
@@ -205,6 +206,8 @@ pub struct ServerManager {
     /// What a fresh connection reports (ParameterStatus), shared by the
     /// pool's servers: a client without startup settings is told these.
     defaults: Arc<Mutex<Option<Params>>>,
+    /// PgCat's prewarmer: queries run on each new connection first.
+    prewarm: Vec<String>,
 }
 
 impl bb8::ManageConnection for ServerManager {
@@ -223,7 +226,14 @@ impl bb8::ManageConnection for ServerManager {
             self.user.as_str(),
         );
         match Server::connect(self.address.clone(), &self.login, identity).await {
-            Ok(server) => {
+            Ok(mut server) => {
+                for q in &self.prewarm {
+                    tracing::info!(server = %self.address, "Prewarming with query: `{q}`");
+                    match server.run(q, self.login.connect_timeout).await {
+                        Ok(()) | Err(ServerError::Postgres(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
                 *self.last_error.lock() = None;
                 let mut defaults = self.defaults.lock();
                 if defaults.is_none() {
@@ -346,6 +356,8 @@ pub struct PoolSettings {
     pub auth: ClientAuth,
     /// Where a user without a password gets its secret.
     pub auth_query: Option<Arc<auth_query::AuthQuery>>,
+    /// PgCat's plugins in force for this pool (None: none enabled).
+    pub plugins: Option<Arc<Plugins>>,
     pub login: Arc<LoginInfo>,
     /// Replicas lagging more than this get no reads (None: not measured).
     pub replica_max_lag: Option<u64>,
@@ -379,8 +391,11 @@ impl PoolSettings {
             ClientAuth::new(user.auth_type.method(), &user.username, &user.password)
                 .expect("validated when the config was loaded")
         };
-        let auth_query = match (from_query, query, query_user) {
-            (true, Some(sql), Some(query_user)) => {
+        // Also for users with a password: an md5 answer that does not
+        // match it is checked against PostgreSQL's current hash (PgCat's
+        // behaviour, so a password changed in PostgreSQL works at once).
+        let auth_query = match (query, query_user) {
+            (Some(sql), Some(query_user)) => {
                 let target = pool.auth_query_target().map(|(database, entry)| {
                     Arc::new(ServerAddress {
                         host: entry.0.clone(),
@@ -417,6 +432,16 @@ impl PoolSettings {
             .server_password
             .clone()
             .or_else(|| (!user.password.is_empty()).then(|| user.password.clone()));
+        // A pool's own [plugins] replaces the global one (PgCat's rule).
+        let plugins = pool
+            .plugins
+            .as_ref()
+            .or(config.plugins.as_ref())
+            .map(|v| Plugins::from_toml(v).expect("validated when the config was loaded"))
+            .filter(|p| {
+                !p.prewarm.is_empty() || (pool.query_parser_enabled && p.inspects_queries())
+            })
+            .map(Arc::new);
         PoolSettings {
             db: db.to_string(),
             user: user.username.clone(),
@@ -446,6 +471,7 @@ impl PoolSettings {
             server_round_robin: g.server_round_robin,
             auth,
             auth_query,
+            plugins,
             replica_max_lag: pool.replica_max_lag,
             router: Arc::new(RouterConfig::from_pool(pool)),
             login: Arc::new(LoginInfo {
@@ -483,7 +509,7 @@ pub enum CheckoutError {
     #[error("could not get connection from the pool - InvalidShardId({0})")]
     InvalidShard(usize),
     /// No server has the role asked for (PgCat: AllServersDown).
-    #[error("no {} server for database \"{db}\" user \"{user}\" in shard {shard}", match role { RoleRequest::Primary => "primary", RoleRequest::Replica => "replica", RoleRequest::Any => "available" })]
+    #[error("no {} server for database \"{db}\" user \"{user}\" in shard {shard}", match role { RoleRequest::Primary => "primary", RoleRequest::Replica | RoleRequest::Read => "replica", RoleRequest::Any => "available" })]
     NoServer {
         db: String,
         user: String,
@@ -635,6 +661,11 @@ impl UserPool {
             user: settings.user.clone(),
             mirrors: mirrors.clone(),
             defaults: defaults.clone(),
+            prewarm: settings
+                .plugins
+                .as_ref()
+                .map(|p| p.prewarm.clone())
+                .unwrap_or_default(),
         };
         // The reaper enforces idle_timeout and server_lifetime; run it
         // often enough that neither overshoots by much.
@@ -765,7 +796,7 @@ impl PoolSet {
     ) -> PoolSet {
         let mut pools = HashMap::new();
         for (db, pool) in &config.pools {
-            let hash = pool_hash(&config.general, db, pool);
+            let hash = pool_hash(&config.general, config.plugins.as_ref(), db, pool);
             let old = previous.and_then(|p| p.pools.get(db));
             let kept = old.filter(|users| {
                 !force.contains(db)

@@ -14,6 +14,7 @@
 
 pub mod commands;
 pub mod parser;
+pub mod plugins;
 pub mod shape;
 pub mod sharding;
 
@@ -32,7 +33,12 @@ use crate::proxy::protocol::messages::{self, Severity};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RoleRequest {
     Primary,
+    /// Replicas only (`default_role = "replica"`, `SET SERVER ROLE TO
+    /// 'replica'`): when none can take it the query fails, as in PgCat.
     Replica,
+    /// A read the query parser found: replicas first, the primary when no
+    /// replica can take it.
+    Read,
     Any,
 }
 
@@ -365,7 +371,7 @@ impl RouterState {
                     } else if self.primary_reads_on(config) {
                         RoleRequest::Any
                     } else {
-                        RoleRequest::Replica
+                        RoleRequest::Read
                     });
                 }
                 if config.shards > 1 && inf.key_error.is_none() {
@@ -527,7 +533,7 @@ mod tests {
         let mut s = RouterState::default();
         assert_eq!(
             s.route(&c, Some(b"SELECT 1\0"), None, None).1,
-            RoleRequest::Replica
+            RoleRequest::Read
         );
         assert_eq!(
             s.route(&c, Some(b"UPDATE t SET a = 1\0"), None, None).1,

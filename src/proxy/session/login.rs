@@ -177,7 +177,8 @@ pub(super) async fn login(
                     })
                     .unwrap_or_else(|| pools.mock_auth(&user)),
                 Ok(Err(e)) => {
-                    tracing::warn!(%peer, %user, %database, error = %e, "auth_query failed");
+                    // PgCat's wording, which its users grep for.
+                    tracing::warn!(%peer, %database, "Error trying to obtain password from auth_query, ignoring hash for user '{user}'. Error: {e}");
                     let e = ClientAuthError::BadPassword(user.clone());
                     refuse(&mut stream, e.sqlstate(), &e.to_string()).await;
                     return None;
@@ -191,23 +192,52 @@ pub(super) async fn login(
         (other, _) => other.clone(),
     };
     drop(pools);
-    let auth = tokio::time::timeout_at(
-        deadline,
-        auth::authenticate_client(
-            &mut stream,
-            &mut buf,
-            &user,
-            &client_auth,
-            end_point.as_deref(),
-        ),
-    )
-    .await;
+    let auth = match (&client_auth, &pool.settings.auth_query) {
+        // md5 against a fetched hash: a mismatch fetches it again, and the
+        // new hash is tried (PgCat's behaviour).
+        (ClientAuth::Md5(stored), Some(query)) => {
+            let exchange = async {
+                let (salt, answer) = auth::md5_exchange(&mut stream, &mut buf).await?;
+                if auth::md5_matches(stored, salt, &answer) {
+                    return Ok((None, None));
+                }
+                query.forget();
+                let fresh = query.secret(&user).await.ok().flatten();
+                match fresh {
+                    Some(h)
+                        if auth::md5::is_stored_hash(&h)
+                            && auth::md5_matches(&h, salt, &answer) =>
+                    {
+                        tracing::info!(%user, "password changed in PostgreSQL; using the new one");
+                        Ok((None, Some(h)))
+                    }
+                    _ => Err(ClientAuthError::BadPassword(user.clone())),
+                }
+            };
+            tokio::time::timeout_at(deadline, exchange).await
+        }
+        _ => tokio::time::timeout_at(
+            deadline,
+            auth::authenticate_client(
+                &mut stream,
+                &mut buf,
+                &user,
+                &client_auth,
+                end_point.as_deref(),
+            ),
+        )
+        .await
+        .map(|r| r.map(|keys| (keys, None))),
+    };
     match auth {
-        Ok(Ok(keys)) => {
+        Ok(Ok((keys, refetched))) => {
             // Remember what logs this user in to PostgreSQL.
             if let Some(passthrough) = &pool.settings.login.passthrough {
                 match (&client_auth, keys) {
-                    (ClientAuth::Md5(hash), _) => passthrough.set(PassSecret::Md5(hash.clone())),
+                    (ClientAuth::Md5(hash), _) => {
+                        let hash = refetched.map(Into::into).unwrap_or_else(|| hash.clone());
+                        passthrough.set(PassSecret::Md5(hash))
+                    }
                     (ClientAuth::Scram(_), Some(keys)) => passthrough.set(PassSecret::Scram(keys)),
                     _ => {}
                 }

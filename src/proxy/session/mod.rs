@@ -441,6 +441,19 @@ impl Session {
             }
         }
 
+        if self.head_is_whole_query() {
+            let pool = match self.current_pool().await {
+                Ok(p) => p,
+                Err(end) => return Some(end),
+            };
+            if self.plugins_answer(&pool) {
+                if self.flush_client().await.is_err() {
+                    return Some(SessionEnd::ClientGone);
+                }
+                return None;
+            }
+        }
+
         if self.mode == PoolMode::Transaction && self.prepare_locally() {
             if self.flush_client().await.is_err() {
                 return Some(SessionEnd::ClientGone);
@@ -762,6 +775,12 @@ impl Session {
     fn flush_counters(&mut self) {
         let s = &self.state.stats;
         let c = std::mem::take(&mut self.counts);
+        self.info
+            .xact_count
+            .fetch_add(c.xacts, std::sync::atomic::Ordering::Relaxed);
+        self.info
+            .query_count
+            .fetch_add(c.queries, std::sync::atomic::Ordering::Relaxed);
         PoolStats::add(&s.xact_count, c.xacts);
         PoolStats::add(&s.xact_time_us, c.xact_time_us);
         PoolStats::add(&s.query_count, c.queries);

@@ -27,6 +27,34 @@ impl Session {
             .is_some_and(|w| w.eq_ignore_ascii_case(b"set ") || w.eq_ignore_ascii_case(b"show"))
     }
 
+    /// Whether a whole simple query is at the head of the buffer.
+    pub(super) fn head_is_whole_query(&self) -> bool {
+        matches!(peek_header(&self.cbuf, client_limit), Ok(Some(h)) if h.tag == b'Q' && self.cbuf.len() >= h.total)
+    }
+
+    /// PgCat's plugins on the simple query at the head of the buffer: true
+    /// when they answered it (intercepted or refused) without a server.
+    pub(super) fn plugins_answer(&mut self, pool: &UserPool) -> bool {
+        let Some(plugins) = pool
+            .settings
+            .plugins
+            .as_ref()
+            .filter(|p| p.inspects_queries())
+        else {
+            return false;
+        };
+        let Ok(Some(h)) = peek_header(&self.cbuf, client_limit) else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(&self.cbuf[HEADER_LEN..h.total]).into_owned();
+        if !plugins.on_query(&text, &self.db, &self.user, &mut self.to_client) {
+            return false;
+        }
+        self.counts.queries += 1;
+        let _ = self.cbuf.split_to(h.total);
+        true
+    }
+
     /// Answers one of PgCat's routing commands at the head of the buffer;
     /// false when it is not one.
     pub(super) fn router_command(&mut self, pool: &UserPool) -> bool {

@@ -282,6 +282,12 @@ pub struct ClientInfo {
     pub fd: std::os::fd::RawFd,
     /// TLS version and cipher (None: plaintext).
     pub tls: Option<String>,
+    /// Transactions and queries it ran, added at each transaction's end
+    /// (PgCat's per-client SHOW CLIENTS columns).
+    pub xact_count: AtomicU64,
+    pub query_count: AtomicU64,
+    /// The longest it waited for a server connection, in microseconds.
+    pub max_wait_us: AtomicU64,
 }
 
 impl ClientInfo {
@@ -299,7 +305,11 @@ impl ClientInfo {
     }
 
     pub fn set_active(&self, server: u64) {
-        self.wait_start.store(0, Ordering::Relaxed);
+        let started = self.wait_start.swap(0, Ordering::Relaxed);
+        if started > 0 {
+            let waited = (coarse_ms() * 1000).saturating_sub(started);
+            self.max_wait_us.fetch_max(waited, Ordering::Relaxed);
+        }
         self.server.store(server, Ordering::Relaxed);
         self.state
             .store(ClientState::Active as u8, Ordering::Relaxed);
@@ -566,6 +576,9 @@ impl Registry {
             kill: c.kill,
             fd: c.fd,
             tls: c.tls,
+            xact_count: AtomicU64::new(0),
+            query_count: AtomicU64::new(0),
+            max_wait_us: AtomicU64::new(0),
         });
         self.clients.lock().insert(id, info.clone());
         (

@@ -78,6 +78,10 @@ pub struct ClientSnapshot {
     pub socket: Option<SocketInfo>,
     /// TLS version and cipher (None: plaintext).
     pub tls: Option<String>,
+    pub xact_count: u64,
+    pub query_count: u64,
+    /// The longest completed wait for a server, in microseconds.
+    pub max_wait_us: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -170,6 +174,9 @@ impl Snapshot {
                         None
                     },
                     tls: c.tls.clone(),
+                    xact_count: c.xact_count.load(Ordering::Relaxed),
+                    query_count: c.query_count.load(Ordering::Relaxed),
+                    max_wait_us: c.max_wait_us.load(Ordering::Relaxed),
                 }
             })
             .collect();

@@ -163,6 +163,9 @@ pub(crate) fn fixture() -> Snapshot {
             application_name: "psql".into(),
             socket: None,
             tls: Some("TLSv1_3/TLS13_AES_256_GCM_SHA384".into()),
+            xact_count: 0,
+            query_count: 0,
+            max_wait_us: 0,
         }],
         servers: vec![
             server(1, "active", socket(0, 0, 0, 12)),
