@@ -699,3 +699,70 @@ fn a_user_without_password_needs_auth_query() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgcat_logs_in_to_postgres_with_a_client_certificate() {
+    let pki = Pki::new("clientcert");
+    let cluster = tls_cluster(&pki);
+    // PostgreSQL trusts the test CA for client certificates, and lets the
+    // role `certuser` in by certificate alone (no password).
+    let data = cluster.dir.clone();
+    std::fs::copy(pki.path("ca.pem"), data.join("root.crt")).unwrap();
+    Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(data.join("root.crt"))
+        .status()
+        .unwrap();
+    let hba = data.join("pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("hostssl all certuser 127.0.0.1/32 cert\n{text}"),
+    )
+    .unwrap();
+    cluster.psql_super("postgres", "ALTER SYSTEM SET ssl_ca_file = 'root.crt'");
+    cluster.psql_super("postgres", "SELECT pg_reload_conf()");
+    cluster.psql_super("postgres", "CREATE ROLE certuser LOGIN");
+    cluster.psql_super("postgres", "CREATE DATABASE certdb OWNER certuser");
+    std::thread::sleep(Duration::from_millis(300));
+    let (crt, key) = pki.issue("certuser", "certuser");
+    let general = format!(
+        "server_tls_sslmode = \"verify-full\"\nserver_tls_ca_file = \"{}\"\n\
+         server_tls_cert_file = \"{}\"\nserver_tls_key_file = \"{}\"\n",
+        pki.path("ca.pem").display(),
+        crt.display(),
+        key.display()
+    );
+    // Clients log in to pgcat with a password of pgcat's; pgcat logs in
+    // to PostgreSQL as certuser with the certificate.
+    let db = TestDb {
+        name: "certdb".into(),
+        user: "certuser".into(),
+        password: "pgcat_side_pw".into(),
+        host: cluster.host.clone(),
+        port: cluster.port,
+    };
+    let proxy = TestProxy::start(&config_text(&general, &[PoolSpec::new(&db)])).await;
+    let client = proxy.connect(&db).await;
+    let row = client
+        .query_one(
+            "SELECT current_user::text, ssl, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "certuser");
+    assert!(row.get::<_, bool>(1));
+    assert!(row
+        .get::<_, Option<String>>(2)
+        .unwrap_or_default()
+        .contains("certuser"));
+    let certs = admin_rows(&proxy.admin().await, "SHOW CERTIFICATES").await;
+    let keys: Vec<_> = certs.iter().filter_map(|r| r["key"].clone()).collect();
+    assert!(
+        keys.contains(&"server_tls_ca_file".to_string())
+            && keys.contains(&"server_tls_cert_file".to_string()),
+        "{certs:?}"
+    );
+    proxy.stop().await;
+}
