@@ -428,25 +428,16 @@ impl Session {
             return None;
         }
 
-        if self.may_be_router_command() {
-            let pool = match self.current_pool().await {
-                Ok(p) => p,
-                Err(end) => return Some(end),
-            };
-            if self.router_command(&pool) {
-                if self.flush_client().await.is_err() {
-                    return Some(SessionEnd::ClientGone);
-                }
-                return None;
-            }
-        }
-
+        // A whole simple query may be answered here: one of PgCat's
+        // routing commands, or by its plugins.
         if self.head_is_whole_query() {
             let pool = match self.current_pool().await {
                 Ok(p) => p,
                 Err(end) => return Some(end),
             };
-            if self.plugins_answer(&pool) {
+            let answered = (self.may_be_router_command() && self.router_command(&pool))
+                || self.plugins_answer(&pool);
+            if answered {
                 if self.flush_client().await.is_err() {
                     return Some(SessionEnd::ClientGone);
                 }
