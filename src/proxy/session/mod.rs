@@ -429,8 +429,9 @@ impl Session {
         }
 
         // A whole simple query may be answered here: one of PgCat's
-        // routing commands, or by its plugins.
-        if self.head_is_whole_query() {
+        // routing commands, or by its plugins. Pools without plugins pay
+        // only the peek.
+        if self.head_is_whole_query() && (self.may_be_router_command() || self.may_have_plugins()) {
             let pool = match self.current_pool().await {
                 Ok(p) => p,
                 Err(end) => return Some(end),
@@ -596,6 +597,23 @@ impl Session {
     /// The pool that is current now: a reload may have replaced the one
     /// found last time. The set's generation says whether it still is.
     /// A pool removed from the config ends the session.
+    /// Whether the pool may answer queries with its plugins: false only
+    /// when the pool in hand is current and has none that look at queries.
+    fn may_have_plugins(&self) -> bool {
+        let current = self
+            .shared
+            .pools_generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        match &self.cached_pool {
+            Some((generation, p)) if *generation == current => p
+                .settings
+                .plugins
+                .as_ref()
+                .is_some_and(|p| p.inspects_queries()),
+            _ => true,
+        }
+    }
+
     async fn current_pool(&mut self) -> Result<Arc<UserPool>, SessionEnd> {
         let current = self
             .shared
