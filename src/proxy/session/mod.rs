@@ -543,12 +543,7 @@ impl Session {
                 // server released; the client stays, and its next request
                 // gets the error.
                 tracing::info!(db = %self.db, user = %self.user, peer = %self.info.peer, "idle transaction timeout");
-                self.cleanup(&mut server).await;
-                server.last_used = super::stats::coarse_ms();
-                self.info.set_idle();
-                self.await_cancels(&mut server).await;
-                drop(server);
-                self.pool = None;
+                self.give_back(server).await;
                 self.timed_out = true;
                 if self.flush_client().await.is_err() {
                     return Some(SessionEnd::ClientGone);
@@ -693,14 +688,20 @@ impl Session {
 
     /// Ends the session, bringing the server it held back to a clean
     /// state (or marking it broken) before it returns to the pool.
-    async fn end(&mut self, mut server: PooledServer, end: SessionEnd) -> SessionEnd {
+    async fn end(&mut self, server: PooledServer, end: SessionEnd) -> SessionEnd {
+        self.give_back(server).await;
+        end
+    }
+
+    /// Cleans the server (or marks it broken), waits for cancels on their
+    /// way to it, and lets it go back to the pool.
+    async fn give_back(&mut self, mut server: PooledServer) {
         self.cleanup(&mut server).await;
         server.last_used = super::stats::coarse_ms();
         self.info.set_idle();
         self.await_cancels(&mut server).await;
         drop(server);
         self.pool = None;
-        end
     }
 
     /// After an error answered without a server: drop the client's
