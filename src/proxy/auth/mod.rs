@@ -61,8 +61,10 @@ pub enum ClientAuth {
     Md5(Secret),
     Trust,
     /// No password in the config: the secret comes from PostgreSQL
-    /// (auth_query) at each login; see [`ClientAuth::from_stored`].
-    Query,
+    /// (auth_query) at each login; see [`ClientAuth::from_stored`]. The
+    /// configured method checks a stored secret that is neither a SCRAM
+    /// verifier nor an md5 hash.
+    Query(AuthMethod),
 }
 
 impl ClientAuth {
@@ -164,7 +166,7 @@ where
     let mut out = BytesMut::with_capacity(128);
     match auth {
         ClientAuth::Trust => Ok(None),
-        ClientAuth::Query => Err(ClientAuthError::Protocol(
+        ClientAuth::Query(_) => Err(ClientAuthError::Protocol(
             "auth_query secret not fetched".into(),
         )),
         ClientAuth::Md5(stored) => {

@@ -386,7 +386,7 @@ impl PoolSettings {
         let (query, query_user, query_password) = pool.auth_query_config(g);
         let from_query = user.password.is_empty() && query.is_some();
         let auth = if from_query {
-            ClientAuth::Query
+            ClientAuth::Query(user.auth_type.method())
         } else {
             ClientAuth::new(user.auth_type.method(), &user.username, &user.password)
                 .expect("validated when the config was loaded")

@@ -163,18 +163,10 @@ pub(super) async fn login(
     // A user without a password: ask PostgreSQL for its secret. No
     // secret (no such role) runs the same exchange against a mock.
     let client_auth = match (&pool.settings.auth, &pool.settings.auth_query) {
-        (ClientAuth::Query, Some(query)) => {
+        (ClientAuth::Query(method), Some(query)) => {
             match tokio::time::timeout_at(deadline, query.secret(&user)).await {
                 Ok(Ok(secret)) => secret
-                    .and_then(|s| {
-                        let method = config
-                            .pools
-                            .get(&database)
-                            .and_then(|p| p.users.values().find(|u| u.username == user))
-                            .map(|u| u.auth_type.method())
-                            .unwrap_or(auth::AuthMethod::Md5);
-                        ClientAuth::from_stored(method, &user, &s)
-                    })
+                    .and_then(|s| ClientAuth::from_stored(*method, &user, &s))
                     .unwrap_or_else(|| pools.mock_auth(&user)),
                 Ok(Err(e)) => {
                     // PgCat's wording, which its users grep for.
