@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
 use super::protocol::messages::{self, Severity};
+use super::stats::KillSwitch;
 use super::{session, Shared};
 
 /// Past `max_client_conn`: one ErrorResponse, written without waiting (a
@@ -46,15 +47,17 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
                     // The switch aborts the task: KILL for its database,
                     // or the forced end of a shutdown. Nothing is polled
                     // for it while the session runs.
-                    let (switch, entry) = shared.tasks.enroll();
-                    let task_shared = shared.clone();
-                    let task = clients.spawn({
-                        let switch = switch.clone();
-                        async move {
-                            let _running = entry;
-                            session::handle(stream, peer, task_shared, switch).await;
-                        }
+                    let switch = KillSwitch::default();
+                    // One pointer for the task to keep: what a future
+                    // captures stays in it for the task's whole life, and
+                    // an idle client's task should be small.
+                    let accepted = Box::new(session::Accepted {
+                        stream,
+                        peer,
+                        shared: shared.clone(),
+                        kill: switch.clone(),
                     });
+                    let task = clients.spawn(session::handle(accepted));
                     switch.arm(task.abort_handle());
                 }
                 Err(e) => {
@@ -87,7 +90,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         }
     }
     drop(listener);
-    shared.tasks.abort_all();
+    shared.abort_all();
     clients.close();
     clients.wait().await;
     shared.admin_tasks.close();

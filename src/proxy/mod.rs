@@ -67,8 +67,9 @@ pub struct Shared {
     shutdown: watch::Sender<bool>,
     /// The same as a plain flag, for checks on the hot path.
     stopping: std::sync::atomic::AtomicBool,
-    /// Every client task, so a shutdown can abort what is left.
-    pub tasks: Arc<stats::Tasks>,
+    /// Cancelled at the forced end of a shutdown: connections still
+    /// logging in stop; logged-in ones are aborted through the registry.
+    pub aborted: tokio_util::sync::CancellationToken,
     /// Asks the listener to begin a graceful shutdown.
     shutdown_requested: Notify,
     /// Signalled when a second shutdown request asks for an immediate exit.
@@ -91,6 +92,17 @@ impl Shared {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.shutdown.send_replace(true);
         self.registry.wake_idle_clients();
+    }
+
+    /// Ends every connection at once: those logging in see `aborted`,
+    /// the others are aborted through their kill switches.
+    pub fn abort_all(&self) {
+        // First the token, then the registry: a login that registers
+        // after the walk below sees the token when it returns.
+        self.aborted.cancel();
+        for c in self.registry.clients() {
+            c.kill.kill();
+        }
     }
 
     async fn killed(&self) {
@@ -175,7 +187,7 @@ impl Proxy {
             reload_lock: Mutex::new(()),
             shutdown: shutdown_tx,
             stopping: std::sync::atomic::AtomicBool::new(false),
-            tasks: Arc::new(stats::Tasks::default()),
+            aborted: tokio_util::sync::CancellationToken::new(),
             shutdown_requested: Notify::new(),
             kill: Notify::new(),
             admin_tasks: tokio_util::task::TaskTracker::new(),

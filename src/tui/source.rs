@@ -257,7 +257,7 @@ impl Source {
         match self {
             Source::Local { shared, .. } => {
                 for p in shared.pools.load().iter() {
-                    if p.settings.db == db && p.settings.user == user {
+                    if *p.settings.db == *db && *p.settings.user == *user {
                         p.state.set_paused(paused);
                     }
                 }

@@ -16,7 +16,7 @@ fn run(ctx: &Context, args: &[String]) -> Result<Reply, AdminError> {
     };
     let pools = ctx.shared.pools.load_full();
     let mut found = false;
-    for p in pools.iter().filter(|p| p.settings.db == db) {
+    for p in pools.iter().filter(|p| *p.settings.db == *db) {
         p.state.set_paused(true);
         found = true;
     }

@@ -326,8 +326,8 @@ pub async fn serve(mut stream: Stream, mut buf: BytesMut, login: AdminLogin, sha
         peer: login.peer,
         local: stream.tcp().local_addr().unwrap_or(login.peer),
         tls: stream.tls_description(),
-        db: login.database.clone(),
-        user: login.user.clone(),
+        db: login.database.as_str().into(),
+        user: login.user.as_str().into(),
         admin: true,
         application_name: login.application_name.clone(),
         kill: login.kill.clone(),
@@ -440,8 +440,8 @@ pub fn matching_pools(
         .pools
         .load()
         .iter()
-        .filter(|p| db.as_deref().is_none_or(|d| d == p.settings.db))
-        .filter(|p| user.as_deref().is_none_or(|u| u == p.settings.user))
+        .filter(|p| db.as_deref().is_none_or(|d| d == &*p.settings.db))
+        .filter(|p| user.as_deref().is_none_or(|u| u == &*p.settings.user))
         .cloned()
         .collect();
     if pools.is_empty() {

@@ -276,8 +276,8 @@ impl UserPool {
         if candidates.is_empty() {
             PoolStats::add(&self.state.stats.errors, 1);
             return Err(CheckoutError::NoServer {
-                db: self.settings.db.clone(),
-                user: self.settings.user.clone(),
+                db: self.settings.db.to_string(),
+                user: self.settings.user.to_string(),
                 role,
                 shard,
             });
@@ -333,8 +333,8 @@ impl UserPool {
             }
         }
         Err(CheckoutError::Timeout {
-            db: self.settings.db.clone(),
-            user: self.settings.user.clone(),
+            db: self.settings.db.to_string(),
+            user: self.settings.user.to_string(),
             timeout_ms: self.settings.connect_timeout.as_millis(),
             last_error: candidates.iter().find_map(|s| s.last_error()),
         })

@@ -333,8 +333,8 @@ impl ServerPool {
 /// user, pool and general sections (most specific wins).
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
-    pub db: String,
-    pub user: String,
+    pub db: Arc<str>,
+    pub user: Arc<str>,
     pub mode: PoolMode,
     pub pool_size: u32,
     pub min_pool_size: u32,
@@ -359,6 +359,8 @@ pub struct PoolSettings {
     /// PgCat's plugins in force for this pool (None: none enabled).
     pub plugins: Option<Arc<Plugins>>,
     pub login: Arc<LoginInfo>,
+    /// `login.user`, shared with the sessions of the pool.
+    pub server_user: Arc<str>,
     /// Replicas lagging more than this get no reads (None: not measured).
     pub replica_max_lag: Option<u64>,
     /// How transactions are routed (shards, roles, the parser).
@@ -443,8 +445,8 @@ impl PoolSettings {
             })
             .map(Arc::new);
         PoolSettings {
-            db: db.to_string(),
-            user: user.username.clone(),
+            db: Arc::from(db),
+            user: Arc::from(user.username.as_str()),
             mode: user.pool_mode.unwrap_or(pool.pool_mode),
             pool_size: user.pool_size,
             min_pool_size: user.min_pool_size,
@@ -474,6 +476,7 @@ impl PoolSettings {
             plugins,
             replica_max_lag: pool.replica_max_lag,
             router: Arc::new(RouterConfig::from_pool(pool)),
+            server_user: Arc::from(server_user.as_str()),
             login: Arc::new(LoginInfo {
                 user: server_user,
                 passthrough: server_password
@@ -657,8 +660,8 @@ impl UserPool {
             last_error: last_error.clone(),
             retired: retired.clone(),
             registry: registry.clone(),
-            db: settings.db.clone(),
-            user: settings.user.clone(),
+            db: settings.db.to_string(),
+            user: settings.user.to_string(),
             mirrors: mirrors.clone(),
             defaults: defaults.clone(),
             prewarm: settings
@@ -846,7 +849,7 @@ impl PoolSet {
     pub fn mock_auth(&self, user: &str) -> ClientAuth {
         let md5 = self
             .iter()
-            .find(|p| p.settings.user == user)
+            .find(|p| &*p.settings.user == user)
             .is_some_and(|p| matches!(p.settings.auth, ClientAuth::Md5(_)));
         if md5 {
             let mut raw = [0u8; 16];

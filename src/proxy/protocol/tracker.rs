@@ -123,6 +123,16 @@ impl Tracker {
         Self::default()
     }
 
+    /// Whether the tracker is as [`Tracker::new`] leaves it.
+    pub fn is_clear(&self) -> bool {
+        self.queue.is_empty()
+            && self.status == b'I'
+            && !self.unsynced
+            && !self.copy_in_extended
+            && self.outcomes.is_empty()
+            && self.raised.is_empty()
+    }
+
     /// Starts over for a new checkout, keeping the queue's allocation.
     pub fn reset(&mut self) {
         self.queue.clear();

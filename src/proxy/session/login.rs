@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::proxy::tls::{ClientSslMode, Stream};
 
-use super::{ClientState, ClientsGauge, Counts, Session};
+use super::{ClientState, ClientsGauge, Session};
 use crate::proxy::auth::{self, ClientAuth, ClientAuthError, PassSecret};
 use crate::proxy::net::SocketSettings;
 use crate::proxy::pool::{CheckoutError, LoginSettings, Lookup, UserPool};
@@ -24,7 +24,6 @@ use crate::proxy::protocol::messages::{self, StartupPacket};
 use crate::proxy::protocol::settings::{
     apply_sql, parse_options, parse_readback, readback_sql, Settings,
 };
-use crate::proxy::protocol::tracker::Tracker;
 use crate::proxy::server::ServerError;
 use crate::proxy::stats::{KillSwitch, NewClient, PoolStats};
 use crate::proxy::{wire, Shared};
@@ -38,7 +37,7 @@ pub(super) async fn login(
     peer: SocketAddr,
     shared: Arc<Shared>,
     kill: KillSwitch,
-) -> Option<Session> {
+) -> Option<Box<Session>> {
     let config = shared.config.load_full();
     let socket = SocketSettings::from_general(&config.general);
     if let Err(e) = socket.apply(SockRef::from(&tcp)) {
@@ -104,7 +103,7 @@ pub(super) async fn login(
     if database == "pgcat" || database == "pgbouncer" {
         // Admin sessions do not hold up a shutdown's drain: they run
         // apart and end when the proxy does.
-        let (switch, entry) = shared.tasks.enroll();
+        let switch = KillSwitch::default();
         let login = crate::proxy::admin::AdminLogin {
             peer,
             user,
@@ -115,8 +114,9 @@ pub(super) async fn login(
         };
         let tasks = shared.admin_tasks.clone();
         let task = tasks.spawn(async move {
-            let _running = entry;
-            crate::proxy::admin::serve(stream, buf, login, shared).await;
+            let aborted = shared.aborted.clone();
+            let serve = crate::proxy::admin::serve(stream, buf, login, shared);
+            aborted.run_until_cancelled(serve).await;
         });
         switch.arm(task.abort_handle());
         return None;
@@ -286,8 +286,8 @@ pub(super) async fn login(
         peer,
         local: stream.tcp().local_addr().unwrap_or(peer),
         tls: stream.tls_description(),
-        db: database.clone(),
-        user: user.clone(),
+        db: pool.settings.db.clone(),
+        user: pool.settings.user.clone(),
         admin: false,
         application_name: reported
             .get("application_name")
@@ -312,22 +312,16 @@ pub(super) async fn login(
     }
     let state = pool.state.clone();
     PoolStats::add(&state.stats.client_logins, 1);
-    let mut session = Session {
+    // Boxed: the client's task then holds a pointer while it waits.
+    let mut session = Box::new(Session {
         _registered: registered,
         _cancel_key: registration,
         _logged_in: ClientsGauge::new(state.clone()),
         log_disconnect: config.general.log_client_disconnections,
         client: stream,
-        cbuf: buf,
-        to_server: BytesMut::new(),
-        to_client: BytesMut::new(),
-        sbuf: BytesMut::new(),
-        tracker: Tracker::new(),
-        client_left: 0,
-        server_left: 0,
         mode: pool.settings.mode,
-        db: database,
-        user,
+        db: pool.settings.db.clone(),
+        user: pool.settings.user.clone(),
         pool: None,
         cached_pool: None,
         cleanup_server_connections: false,
@@ -342,14 +336,15 @@ pub(super) async fn login(
             reported,
             ..Default::default()
         }),
-        held: Box::default(),
+        held: Default::default(),
         shared: shared.clone(),
         skipping: false,
         timed_out: false,
-        counts: Counts::default(),
-        request_started: None,
-        xact_started: None,
-    };
+    });
+    // What the client sent after its startup packet, if anything.
+    if !buf.is_empty() {
+        session.held.cbuf = buf;
+    }
     session.adopt_pool_settings(&pool);
     Some(session)
 }

@@ -49,11 +49,11 @@ impl Session {
     /// Whether the buffer holds enough of the first message to act on: all
     /// of it, or enough of a large message to start streaming it.
     pub(super) fn first_message_ready(&self) -> bool {
-        match peek_header(&self.cbuf, client_limit) {
-            Ok(Some(h)) if self.cbuf.len() >= h.total => true,
+        match peek_header(&self.held.cbuf, client_limit) {
+            Ok(Some(h)) if self.held.cbuf.len() >= h.total => true,
             Ok(Some(h)) if h.total <= STREAM_THRESHOLD => false,
             Ok(Some(h)) if self.mode == PoolMode::Transaction && h.tag == b'B' => {
-                bind_names(&self.cbuf).is_some()
+                bind_names(&self.held.cbuf).is_some()
             }
             // Held whole in transaction mode: one over the bound is
             // reported by the pump rather than read.
@@ -61,7 +61,7 @@ impl Session {
                 h.total > self.limits.max_buffered_message()
             }
             Ok(Some(h)) => {
-                self.can_stream_client(h.tag) && self.cbuf.len() >= HEADER_LEN_PLUS_STREAM_PEEK
+                self.can_stream_client(h.tag) && self.held.cbuf.len() >= HEADER_LEN_PLUS_STREAM_PEEK
             }
             Ok(None) => false,
             // Let the pump report it.
@@ -71,16 +71,16 @@ impl Session {
 
     /// Reads more from the client; false on EOF or error.
     pub(super) async fn read_client(&mut self) -> bool {
-        if self.cbuf.capacity() == 0 {
-            self.cbuf = buffers::take();
-        } else if self.cbuf.capacity() - self.cbuf.len() < READ_SIZE / 4 {
-            self.cbuf.reserve(READ_SIZE);
+        if self.held.cbuf.capacity() == 0 {
+            self.held.cbuf = buffers::take();
+        } else if self.held.cbuf.capacity() - self.held.cbuf.len() < READ_SIZE / 4 {
+            self.held.cbuf.reserve(READ_SIZE);
         }
         use tokio::io::AsyncReadExt;
-        match self.client.read_buf(&mut self.cbuf).await {
+        match self.client.read_buf(&mut self.held.cbuf).await {
             Ok(0) | Err(_) => false,
             Ok(n) => {
-                self.counts.bytes_in += n as u64;
+                self.held.counts.bytes_in += n as u64;
                 true
             }
         }
@@ -97,7 +97,8 @@ impl Session {
 
     pub(super) async fn pump(&mut self, server: &mut PooledServer) -> Outcome {
         let (server, mirrors) = server.split();
-        for buf in [&mut self.to_server, &mut self.to_client, &mut self.sbuf] {
+        let held = &mut *self.held;
+        for buf in [&mut held.to_server, &mut held.to_client, &mut held.sbuf] {
             if buf.capacity() == 0 {
                 *buf = buffers::take();
             }
@@ -143,7 +144,11 @@ impl Session {
             };
             // Bytes moved to or from the client since the timer was set
             // are progress: the clock starts again.
-            let moved = self.counts.bytes_in.wrapping_add(self.counts.bytes_out);
+            let moved = self
+                .held
+                .counts
+                .bytes_in
+                .wrapping_add(self.held.counts.bytes_out);
             if armed != (wait, moved) || timer.is_none() {
                 let deadline = tokio::time::Instant::now() + limit;
                 match timer.as_mut() {
@@ -165,22 +170,22 @@ impl Session {
 
     /// Why a pump with nothing to do is waiting on its client, if it is.
     fn client_wait(&self) -> ClientWait {
-        if !self.to_client.is_empty() {
+        if !self.held.to_client.is_empty() {
             // What is left after a write returned Pending: the client's
             // socket is full.
             return ClientWait::Reading;
         }
-        if self.client_left > 0 {
+        if self.held.client_left > 0 {
             // The server cannot answer a message it has only part of.
             return ClientWait::Message;
         }
-        if !self.to_server.is_empty() || self.tracker.awaiting_replies() {
+        if !self.held.to_server.is_empty() || self.held.tracker.awaiting_replies() {
             return ClientWait::Nothing;
         }
-        if !self.cbuf.is_empty() {
+        if !self.held.cbuf.is_empty() {
             return ClientWait::Message;
         }
-        if self.tracker.status() != b'I' || self.tracker.unsynced() {
+        if self.held.tracker.status() != b'I' || self.held.tracker.unsynced() {
             return ClientWait::InTransaction;
         }
         ClientWait::Nothing
@@ -192,11 +197,11 @@ impl Session {
 
     /// Between transactions: nothing in flight either way.
     pub(super) fn at_boundary(&self) -> bool {
-        self.tracker.is_idle()
-            && self.to_server.is_empty()
-            && self.client_left == 0
-            && self.server_left == 0
-            && self.sbuf.is_empty()
+        self.held.tracker.is_idle()
+            && self.held.to_server.is_empty()
+            && self.held.client_left == 0
+            && self.held.server_left == 0
+            && self.held.sbuf.is_empty()
     }
 
     fn poll_pump(
@@ -207,27 +212,27 @@ impl Session {
     ) -> Poll<Outcome> {
         loop {
             let mut progress = false;
-            while !self.to_server.is_empty() {
-                match Pin::new(&mut server.stream).poll_write(cx, &self.to_server) {
+            while !self.held.to_server.is_empty() {
+                match Pin::new(&mut server.stream).poll_write(cx, &self.held.to_server) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Outcome::ServerFailed(io::ErrorKind::WriteZero.into()))
                     }
                     Poll::Ready(Ok(n)) => {
-                        self.to_server.advance(n);
+                        self.held.to_server.advance(n);
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ServerFailed(e)),
                     Poll::Pending => break,
                 }
             }
-            while !self.to_client.is_empty() {
-                match Pin::new(&mut self.client).poll_write(cx, &self.to_client) {
+            while !self.held.to_client.is_empty() {
+                match Pin::new(&mut self.client).poll_write(cx, &self.held.to_client) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(Outcome::ClientGone)
                     }
                     Poll::Ready(Ok(n)) => {
-                        self.counts.bytes_out += n as u64;
-                        self.to_client.advance(n);
+                        self.held.counts.bytes_out += n as u64;
+                        self.held.to_client.advance(n);
                         progress = true;
                     }
                     Poll::Pending => break,
@@ -237,29 +242,29 @@ impl Session {
                 return Poll::Ready(Outcome::Released);
             }
             if self.route_each
-                && !self.cbuf.is_empty()
-                && self.client_left == 0
-                && !self.tracker.awaiting_replies()
+                && !self.held.cbuf.is_empty()
+                && self.held.client_left == 0
+                && !self.held.tracker.awaiting_replies()
             {
                 // A held request, inside the transaction: same server.
-                let before = self.cbuf.len();
+                let before = self.held.cbuf.len();
                 if let Err(o) = self.process_client(server, mirrors) {
                     return Poll::Ready(o);
                 }
-                progress |= self.cbuf.len() != before;
+                progress |= self.held.cbuf.len() != before;
             }
             // Nor while replies pgcat writes itself (synthesized ones, for
             // a client that pipelines without reading) are waiting.
-            if self.to_server.len() < HIGH_WATER && self.to_client.len() < HIGH_WATER {
-                if self.cbuf.capacity() - self.cbuf.len() < READ_SIZE / 4 {
-                    self.cbuf.reserve(READ_SIZE);
+            if self.held.to_server.len() < HIGH_WATER && self.held.to_client.len() < HIGH_WATER {
+                if self.held.cbuf.capacity() - self.held.cbuf.len() < READ_SIZE / 4 {
+                    self.held.cbuf.reserve(READ_SIZE);
                 }
-                match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf) {
+                match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.held.cbuf) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(Outcome::ClientGone)
                     }
                     Poll::Ready(Ok(n)) => {
-                        self.counts.bytes_in += n as u64;
+                        self.held.counts.bytes_in += n as u64;
                         if let Err(o) = self.process_client(server, mirrors) {
                             return Poll::Ready(o);
                         }
@@ -268,11 +273,11 @@ impl Session {
                     Poll::Pending => {}
                 }
             }
-            if self.to_client.len() < HIGH_WATER {
-                if self.sbuf.capacity() - self.sbuf.len() < READ_SIZE / 4 {
-                    self.sbuf.reserve(READ_SIZE);
+            if self.held.to_client.len() < HIGH_WATER {
+                if self.held.sbuf.capacity() - self.held.sbuf.len() < READ_SIZE / 4 {
+                    self.held.sbuf.reserve(READ_SIZE);
                 }
-                match poll_read_buf(Pin::new(&mut server.stream), cx, &mut self.sbuf) {
+                match poll_read_buf(Pin::new(&mut server.stream), cx, &mut self.held.sbuf) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Outcome::ServerFailed(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -304,16 +309,16 @@ impl Session {
         server: &mut Server,
         mirrors: &mut [MirrorHandle],
     ) -> Result<(), Outcome> {
-        let mirrored_from = self.to_server.len();
-        let starts_transaction = self.tracker.is_idle();
+        let mirrored_from = self.held.to_server.len();
+        let starts_transaction = self.held.tracker.is_idle();
         let result = self.process_client_messages(server);
-        if !mirrors.is_empty() && self.to_server.len() > mirrored_from {
+        if !mirrors.is_empty() && self.held.to_server.len() > mirrored_from {
             let mut copy: Option<(Bytes, Instant)> = None;
             for m in mirrors.iter_mut() {
                 if m.wants(starts_transaction) {
                     let (bytes, at) = copy.get_or_insert_with(|| {
                         (
-                            Bytes::copy_from_slice(&self.to_server[mirrored_from..]),
+                            Bytes::copy_from_slice(&self.held.to_server[mirrored_from..]),
                             Instant::now(),
                         )
                     });
@@ -327,12 +332,12 @@ impl Session {
     fn process_client_messages(&mut self, server: &mut Server) -> Result<(), Outcome> {
         let transaction = self.mode == PoolMode::Transaction;
         let mut pos = 0;
-        if self.client_left > 0 {
-            pos = self.client_left.min(self.cbuf.len());
-            self.client_left -= pos;
+        if self.held.client_left > 0 {
+            pos = self.held.client_left.min(self.held.cbuf.len());
+            self.held.client_left -= pos;
         }
-        while self.client_left == 0 {
-            let rest = &self.cbuf[pos..];
+        while self.held.client_left == 0 {
+            let rest = &self.held.cbuf[pos..];
             let h = match peek_header(rest, client_limit) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
@@ -358,7 +363,7 @@ impl Session {
                         let (portal, name) = (portal.to_vec(), name.to_vec());
                         self.move_client_run(pos);
                         self.stream_bind(server, h.total, &portal, &name);
-                        pos = self.cbuf.len();
+                        pos = self.held.cbuf.len();
                     }
                     break;
                 }
@@ -374,15 +379,15 @@ impl Session {
                     } else {
                         self.note_client(h.tag);
                     }
-                    self.client_left = h.total - available;
-                    pos = self.cbuf.len();
+                    self.held.client_left = h.total - available;
+                    pos = self.held.cbuf.len();
                 }
                 break;
             }
             if self.route_each
                 && matches!(h.tag, b'Q' | b'P' | b'B')
-                && self.tracker.awaiting_replies()
-                && !self.tracker.unsynced()
+                && self.held.tracker.awaiting_replies()
+                && !self.held.tracker.unsynced()
             {
                 // The start of the next request: held until this one is
                 // answered, then routed anew if the transaction is over.
@@ -396,11 +401,11 @@ impl Session {
                 b'P' | b'B' | b'D' | b'C' if transaction => {
                     self.move_client_run(pos);
                     pos = 0;
-                    let msg = self.cbuf.split_to(h.total).freeze();
+                    let msg = self.held.cbuf.split_to(h.total).freeze();
                     self.rewrite_client(server, h.tag, &msg)?;
                     // A reply pgcat gave at once may have ended a ticket
                     // that the next message depends on.
-                    if self.tracker.has_outcomes() {
+                    if self.held.tracker.has_outcomes() {
                         self.settle_tickets(server);
                     }
                 }
@@ -411,9 +416,9 @@ impl Session {
                             // The client's own statement: pgcat answers.
                             self.move_client_run(pos);
                             pos = 0;
-                            let _ = self.cbuf.split_to(h.total);
+                            let _ = self.held.cbuf.split_to(h.total);
                             self.deallocate_locally(name);
-                            if self.tracker.has_outcomes() {
+                            if self.held.tracker.has_outcomes() {
                                 self.settle_tickets(server);
                             }
                             continue;
@@ -431,7 +436,7 @@ impl Session {
             }
         }
         self.move_client_run(pos);
-        if self.request_started.is_none() && self.tracker.awaiting_replies() {
+        if self.held.request_started.is_none() && self.held.tracker.awaiting_replies() {
             self.on_request();
         }
         Ok(())
@@ -445,21 +450,21 @@ impl Session {
     }
 
     fn push_query(&mut self) {
-        self.counts.queries += 1;
+        self.held.counts.queries += 1;
         let ticket = self.query_clears_unnamed();
-        self.tracker.push_query(ticket);
+        self.held.tracker.push_query(ticket);
     }
 
     /// Bookkeeping for a client message forwarded unchanged.
     fn note_client(&mut self, tag: u8) {
-        self.tracker.client_message(tag);
+        self.held.tracker.client_message(tag);
         match tag {
             b'P' => {
-                self.counts.client_parses += 1;
-                self.counts.server_parses += 1;
+                self.held.counts.client_parses += 1;
+                self.held.counts.server_parses += 1;
             }
-            b'B' => self.counts.binds += 1,
-            b'Q' | b'E' => self.counts.queries += 1,
+            b'B' => self.held.counts.binds += 1,
+            b'Q' | b'E' => self.held.counts.queries += 1,
             _ => {}
         }
     }
@@ -469,11 +474,12 @@ impl Session {
         if n == 0 {
             return;
         }
-        if self.to_server.is_empty() && n == self.cbuf.len() {
-            std::mem::swap(&mut self.to_server, &mut self.cbuf);
+        let held = &mut *self.held;
+        if held.to_server.is_empty() && n == held.cbuf.len() {
+            std::mem::swap(&mut held.to_server, &mut held.cbuf);
         } else {
-            self.to_server.extend_from_slice(&self.cbuf[..n]);
-            self.cbuf.advance(n);
+            held.to_server.extend_from_slice(&held.cbuf[..n]);
+            held.cbuf.advance(n);
         }
     }
 
@@ -487,15 +493,16 @@ impl Session {
         mirrors: &mut [MirrorHandle],
     ) -> Result<(), Outcome> {
         let transaction = self.mode == PoolMode::Transaction;
+        let held = &mut *self.held;
         let mut pos = 0;
         let mut run_start = 0;
         let mut ready = false;
-        if self.server_left > 0 {
-            pos = self.server_left.min(self.sbuf.len());
-            self.server_left -= pos;
+        if held.server_left > 0 {
+            pos = held.server_left.min(held.sbuf.len());
+            held.server_left -= pos;
         }
-        while self.server_left == 0 {
-            let rest = &self.sbuf[pos..];
+        while held.server_left == 0 {
+            let rest = &held.sbuf[pos..];
             let h = match peek_header(rest, |_| MAX_MESSAGE_LEN) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
@@ -509,9 +516,9 @@ impl Session {
             if rest.len() < h.total {
                 if h.total > STREAM_THRESHOLD && !matches!(h.tag, b'Z' | b'S' | b'1' | b'3' | b'E')
                 {
-                    self.tracker.server_message(h.tag, &[], &mut self.to_client);
-                    self.server_left = h.total - rest.len();
-                    pos = self.sbuf.len();
+                    held.tracker.server_message(h.tag, &[], &mut held.to_client);
+                    held.server_left = h.total - rest.len();
+                    pos = held.sbuf.len();
                 }
                 break;
             }
@@ -523,7 +530,7 @@ impl Session {
                     if effects.contains(Effects::CLIENT_STATEMENTS) {
                         self.cs.statements.clear();
                     }
-                    self.held.effects |= effects;
+                    held.effects |= effects;
                 }
                 b'S' => {
                     if let Ok((k, v)) = messages::parse_parameter_status(body) {
@@ -541,42 +548,43 @@ impl Session {
             }
             // An error pgcat replaces goes after the run forwarded so far.
             if h.tag == b'E' {
-                self.to_client.extend_from_slice(&self.sbuf[run_start..pos]);
+                held.to_client.extend_from_slice(&held.sbuf[run_start..pos]);
                 run_start = pos;
             }
-            let action = self.tracker.server_message(
+            let action = held.tracker.server_message(
                 h.tag,
-                &self.sbuf[pos + HEADER_LEN..pos + h.total],
-                &mut self.to_client,
+                &held.sbuf[pos + HEADER_LEN..pos + h.total],
+                &mut held.to_client,
             );
             match action {
                 Action::Forward => pos += h.total,
                 Action::Swallow => {
                     if h.tag != b'E' {
-                        self.to_client.extend_from_slice(&self.sbuf[run_start..pos]);
+                        held.to_client.extend_from_slice(&held.sbuf[run_start..pos]);
                     }
                     pos += h.total;
                     run_start = pos;
                 }
             }
-            if self.tracker.has_due() {
-                self.to_client.extend_from_slice(&self.sbuf[run_start..pos]);
+            if held.tracker.has_due() {
+                held.to_client.extend_from_slice(&held.sbuf[run_start..pos]);
                 run_start = pos;
-                self.tracker.emit_due(&mut self.to_client);
+                held.tracker.emit_due(&mut held.to_client);
             }
         }
-        if self.tracker.has_outcomes() {
+        if self.held.tracker.has_outcomes() {
             self.settle_tickets(server);
         }
-        if run_start == 0 && pos == self.sbuf.len() && self.to_client.is_empty() {
-            std::mem::swap(&mut self.to_client, &mut self.sbuf);
+        let held = &mut *self.held;
+        if run_start == 0 && pos == held.sbuf.len() && held.to_client.is_empty() {
+            std::mem::swap(&mut held.to_client, &mut held.sbuf);
         } else {
-            self.to_client.extend_from_slice(&self.sbuf[run_start..pos]);
-            self.sbuf.advance(pos);
+            held.to_client.extend_from_slice(&held.sbuf[run_start..pos]);
+            held.sbuf.advance(pos);
         }
         if ready {
             self.on_ready_for_query();
-            if self.tracker.is_idle() {
+            if self.held.tracker.is_idle() {
                 for m in mirrors.iter_mut() {
                     m.boundary();
                 }

@@ -15,13 +15,13 @@ impl Session {
     /// commands (a whole simple query starting with SET or SHOW): cheap,
     /// so every transaction can ask.
     pub(super) fn may_be_router_command(&self) -> bool {
-        let Ok(Some(h)) = peek_header(&self.cbuf, client_limit) else {
+        let Ok(Some(h)) = peek_header(&self.held.cbuf, client_limit) else {
             return false;
         };
-        if h.tag != b'Q' || self.cbuf.len() < h.total {
+        if h.tag != b'Q' || self.held.cbuf.len() < h.total {
             return false;
         }
-        let body = &self.cbuf[HEADER_LEN..h.total];
+        let body = &self.held.cbuf[HEADER_LEN..h.total];
         let start = body.iter().position(|&b| b != b' ').unwrap_or(body.len());
         body.get(start..start + 4)
             .is_some_and(|w| w.eq_ignore_ascii_case(b"set ") || w.eq_ignore_ascii_case(b"show"))
@@ -29,7 +29,7 @@ impl Session {
 
     /// Whether a whole simple query is at the head of the buffer.
     pub(super) fn head_is_whole_query(&self) -> bool {
-        matches!(peek_header(&self.cbuf, client_limit), Ok(Some(h)) if h.tag == b'Q' && self.cbuf.len() >= h.total)
+        matches!(peek_header(&self.held.cbuf, client_limit), Ok(Some(h)) if h.tag == b'Q' && self.held.cbuf.len() >= h.total)
     }
 
     /// PgCat's plugins on the simple query at the head of the buffer: true
@@ -43,33 +43,33 @@ impl Session {
         else {
             return false;
         };
-        let Ok(Some(h)) = peek_header(&self.cbuf, client_limit) else {
+        let Ok(Some(h)) = peek_header(&self.held.cbuf, client_limit) else {
             return false;
         };
-        let text = String::from_utf8_lossy(&self.cbuf[HEADER_LEN..h.total]).into_owned();
-        if !plugins.on_query(&text, &self.db, &self.user, &mut self.to_client) {
+        let text = String::from_utf8_lossy(&self.held.cbuf[HEADER_LEN..h.total]).into_owned();
+        if !plugins.on_query(&text, &self.db, &self.user, &mut self.held.to_client) {
             return false;
         }
-        self.counts.queries += 1;
-        let _ = self.cbuf.split_to(h.total);
+        self.held.counts.queries += 1;
+        let _ = self.held.cbuf.split_to(h.total);
         true
     }
 
     /// Answers one of PgCat's routing commands at the head of the buffer;
     /// false when it is not one.
     pub(super) fn router_command(&mut self, pool: &UserPool) -> bool {
-        let Ok(Some(h)) = peek_header(&self.cbuf, client_limit) else {
+        let Ok(Some(h)) = peek_header(&self.held.cbuf, client_limit) else {
             return false;
         };
-        let Some(command) = commands::parse(&self.cbuf[HEADER_LEN..h.total]) else {
+        let Some(command) = commands::parse(&self.held.cbuf[HEADER_LEN..h.total]) else {
             return false;
         };
         let router = self.cs.router.get_or_insert_with(Box::default);
         router
             .state
-            .command(command, &pool.settings.router, &mut self.to_client);
-        self.counts.queries += 1;
-        let _ = self.cbuf.split_to(h.total);
+            .command(command, &pool.settings.router, &mut self.held.to_client);
+        self.held.counts.queries += 1;
+        let _ = self.held.cbuf.split_to(h.total);
         true
     }
 
@@ -80,7 +80,7 @@ impl Session {
         if !config.active() {
             return (None, RoleRequest::Any);
         }
-        let cbuf = &self.cbuf;
+        let cbuf = &self.held.cbuf;
         let cs = &mut *self.cs;
         let binds = config.binds_matter();
         let mut request = Request::default();

@@ -76,7 +76,7 @@ impl Session {
                 .collect();
             let reported = Arc::make_mut(&mut self.cs.reported);
             for (k, v) in changed {
-                messages::parameter_status(&mut self.to_client, &k, &v);
+                messages::parameter_status(&mut self.held.to_client, &k, &v);
                 reported.set(&k, &v);
             }
         }
@@ -148,24 +148,24 @@ impl Session {
     /// holding it, or leaves it marked broken.
     pub(super) async fn cleanup(&mut self, server: &mut PooledServer) {
         server.broken = true;
-        let unsent = !self.to_server.is_empty() || self.client_left > 0;
+        let unsent = !self.held.to_server.is_empty() || self.held.client_left > 0;
         if unsent
-            || self.tracker.awaiting_replies()
-            || self.server_left > 0
-            || !self.sbuf.is_empty()
+            || self.held.tracker.awaiting_replies()
+            || self.held.server_left > 0
+            || !self.held.sbuf.is_empty()
         {
             // Mid-request: closing is the only safe way out; PostgreSQL
             // rolls back what was open.
             return;
         }
-        if self.tracker.unsynced() {
+        if self.held.tracker.unsynced() {
             let mut out = BytesMut::new();
             messages::sync(&mut out);
             if server.exchange(&out, CLEANUP_TIMEOUT).await.is_err() {
                 return;
             }
         }
-        let rollback = self.tracker.status() != b'I';
+        let rollback = self.held.tracker.status() != b'I';
         if rollback {
             if let Err(e) = server.run("ROLLBACK", CLEANUP_TIMEOUT).await {
                 tracing::debug!(error = %e, "rollback failed; closing server connection");
@@ -189,7 +189,7 @@ impl Session {
                 return;
             }
         }
-        if rollback || discard || self.tracker.unsynced() {
+        if rollback || discard || self.held.tracker.unsynced() {
             // The mirror connection gets the same reset, from its task.
             let (_, mirrors) = server.split();
             for m in mirrors {
@@ -197,6 +197,6 @@ impl Session {
             }
         }
         server.broken = false;
-        self.tracker.reset();
+        self.held.tracker.reset();
     }
 }

@@ -75,16 +75,16 @@ impl Session {
         let body = &msg[HEADER_LEN..];
         match tag {
             b'P' => {
-                self.counts.client_parses += 1;
+                self.held.counts.client_parses += 1;
                 let (name, rest) = read_cstr(body, "Parse").map_err(|_| malformed("Parse"))?;
                 let (query, types) = read_cstr(rest, "Parse").map_err(|_| malformed("Parse"))?;
                 if name.is_empty() {
-                    self.counts.server_parses += 1;
+                    self.held.counts.server_parses += 1;
                     let unnamed = match &self.cs.unnamed {
                         Some(u) if *u.body == *rest => u.clone(),
                         _ => Arc::new(Unnamed::new(rest, query)),
                     };
-                    self.to_server.extend_from_slice(msg);
+                    self.held.to_server.extend_from_slice(msg);
                     self.push_unnamed(
                         Expect::Parse {
                             swallow: false,
@@ -123,21 +123,25 @@ impl Session {
                 if server.statements.contains(prepared.id) {
                     // Answered by pgcat; unless the server may be in a
                     // failed transaction, where PostgreSQL refuses a Parse.
-                    if self.tracker.status() != b'I' || self.tracker.awaiting_replies() {
+                    if self.held.tracker.status() != b'I' || self.held.tracker.awaiting_replies() {
                         self.check_parse(query, types);
                     }
-                    self.tracker
+                    self.held
+                        .tracker
                         .push_extended(Expect::Synthetic(Synthetic::ParseComplete, true));
                     self.held
                         .tickets
                         .push_back(Ticket::ClientParse(name.into()));
-                    self.tracker.emit_due(&mut self.to_client);
+                    {
+                        let h = &mut *self.held;
+                        h.tracker.emit_due(&mut h.to_client);
+                    }
                 } else {
                     self.prepare_on_server(server, &prepared, Some(name));
                 }
             }
             b'B' => {
-                self.counts.binds += 1;
+                self.held.counts.binds += 1;
                 let (portal, rest) = read_cstr(body, "Bind").map_err(|_| malformed("Bind"))?;
                 let (name, rest) = read_cstr(rest, "Bind").map_err(|_| malformed("Bind"))?;
                 if name.is_empty() {
@@ -160,12 +164,14 @@ impl Session {
                 if !prepared.hints.is_empty() {
                     self.absorb(&prepared.hints);
                 }
-                let at = messages::begin(&mut self.to_server, b'B');
-                messages::put_cstr(&mut self.to_server, portal);
-                messages::put_cstr(&mut self.to_server, prepared.name.as_bytes());
-                self.to_server.put_slice(rest);
-                messages::finish(&mut self.to_server, at);
-                self.tracker.push_extended(Expect::Bind { ticket: true });
+                let at = messages::begin(&mut self.held.to_server, b'B');
+                messages::put_cstr(&mut self.held.to_server, portal);
+                messages::put_cstr(&mut self.held.to_server, prepared.name.as_bytes());
+                self.held.to_server.put_slice(rest);
+                messages::finish(&mut self.held.to_server, at);
+                self.held
+                    .tracker
+                    .push_extended(Expect::Bind { ticket: true });
                 self.held.tickets.push_back(Ticket::Bind(prepared.id));
             }
             b'D' => {
@@ -185,11 +191,11 @@ impl Session {
                     return Ok(());
                 };
                 self.ensure_prepared(server, &prepared);
-                let at = messages::begin(&mut self.to_server, b'D');
-                self.to_server.put_u8(b'S');
-                messages::put_cstr(&mut self.to_server, prepared.name.as_bytes());
-                messages::finish(&mut self.to_server, at);
-                self.tracker.push_extended(Expect::Describe);
+                let at = messages::begin(&mut self.held.to_server, b'D');
+                self.held.to_server.put_u8(b'S');
+                messages::put_cstr(&mut self.held.to_server, prepared.name.as_bytes());
+                messages::finish(&mut self.held.to_server, at);
+                self.held.tracker.push_extended(Expect::Describe);
             }
             b'C' => {
                 let (&kind, rest) = body.split_first().ok_or_else(|| malformed("Close"))?;
@@ -197,7 +203,7 @@ impl Session {
                 if kind != b'S' {
                     self.forward_as_is(tag, msg);
                 } else if name.is_empty() {
-                    self.to_server.extend_from_slice(msg);
+                    self.held.to_server.extend_from_slice(msg);
                     self.push_unnamed(
                         Expect::Close {
                             swallow: false,
@@ -209,17 +215,25 @@ impl Session {
                 } else if let Some(prepared) = self.cs.statements.remove(name) {
                     // The server keeps the statement for other clients;
                     // the client just forgets its name.
-                    self.tracker
+                    self.held
+                        .tracker
                         .push_extended(Expect::Synthetic(Synthetic::CloseComplete, true));
                     self.held
                         .tickets
                         .push_back(Ticket::ClientClose(name.into(), prepared));
-                    self.tracker.emit_due(&mut self.to_client);
+                    {
+                        let h = &mut *self.held;
+                        h.tracker.emit_due(&mut h.to_client);
+                    }
                 } else {
                     // Closing a statement that does not exist is no error.
-                    self.tracker
+                    self.held
+                        .tracker
                         .push_extended(Expect::Synthetic(Synthetic::CloseComplete, false));
-                    self.tracker.emit_due(&mut self.to_client);
+                    {
+                        let h = &mut *self.held;
+                        h.tracker.emit_due(&mut h.to_client);
+                    }
                 }
             }
             _ => self.forward_as_is(tag, msg),
@@ -237,7 +251,7 @@ impl Session {
         portal: &[u8],
         name: &[u8],
     ) {
-        self.counts.binds += 1;
+        self.held.counts.binds += 1;
         let prefix = HEADER_LEN + portal.len() + 1 + name.len() + 1;
         let prepared = (!name.is_empty())
             .then(|| self.cs.statements.get(name).cloned())
@@ -249,38 +263,50 @@ impl Session {
                     self.absorb(&p.hints);
                 }
                 let len = total - 1 - name.len() + p.name.len();
-                self.to_server.put_u8(b'B');
-                self.to_server.put_i32(len as i32);
-                messages::put_cstr(&mut self.to_server, portal);
-                messages::put_cstr(&mut self.to_server, p.name.as_bytes());
-                self.to_server.extend_from_slice(&self.cbuf[prefix..]);
-                self.tracker.push_extended(Expect::Bind { ticket: true });
+                self.held.to_server.put_u8(b'B');
+                self.held.to_server.put_i32(len as i32);
+                messages::put_cstr(&mut self.held.to_server, portal);
+                messages::put_cstr(&mut self.held.to_server, p.name.as_bytes());
+                {
+                    let h = &mut *self.held;
+                    h.to_server.extend_from_slice(&h.cbuf[prefix..]);
+                }
+                self.held
+                    .tracker
+                    .push_extended(Expect::Bind { ticket: true });
                 self.held.tickets.push_back(Ticket::Bind(p.id));
             }
             None => {
                 if name.is_empty() {
                     self.ensure_unnamed();
                 }
-                self.tracker.client_message(b'B');
-                self.to_server.extend_from_slice(&self.cbuf);
+                self.held.tracker.client_message(b'B');
+                {
+                    let h = &mut *self.held;
+                    h.to_server.extend_from_slice(&h.cbuf);
+                }
             }
         }
-        self.client_left = total - self.cbuf.len();
-        self.cbuf.clear();
+        {
+            let h = &mut *self.held;
+            h.client_left = total - h.cbuf.len();
+        }
+        self.held.cbuf.clear();
     }
 
     fn forward_as_is(&mut self, tag: u8, msg: &[u8]) {
-        self.tracker.client_message(tag);
-        self.to_server.extend_from_slice(msg);
+        self.held.tracker.client_message(tag);
+        self.held.to_server.extend_from_slice(msg);
     }
 
     /// A simple query `DEALLOCATE name` of one of the client's statements:
     /// the name goes, the server keeps the statement for others, and the
     /// client gets PostgreSQL's answer in its place in the pipeline.
     pub(super) fn deallocate_locally(&mut self, name: Vec<u8>) {
-        self.counts.queries += 1;
+        self.held.counts.queries += 1;
         if let Some(prepared) = self.cs.statements.remove(&name) {
-            self.tracker
+            self.held
+                .tracker
                 .push_synthetic_query(Synthetic::Deallocate, true);
             self.held
                 .tickets
@@ -289,7 +315,10 @@ impl Session {
             // server's: the server never sees this one).
             self.cs.unnamed = None;
             self.held.client_unnamed_pending += 1;
-            self.tracker.emit_due(&mut self.to_client);
+            {
+                let h = &mut *self.held;
+                h.tracker.emit_due(&mut h.to_client);
+            }
         }
     }
 
@@ -298,17 +327,17 @@ impl Session {
     /// would raise for its Parse (bad text, a failed transaction), and
     /// nothing else.
     fn check_parse(&mut self, query: &[u8], types: &[u8]) {
-        messages::parse(&mut self.to_server, CHECK_NAME, query, types);
-        self.tracker.push_extended(Expect::Parse {
+        messages::parse(&mut self.held.to_server, CHECK_NAME, query, types);
+        self.held.tracker.push_extended(Expect::Parse {
             swallow: true,
             ticket: false,
         });
-        messages::close(&mut self.to_server, b'S', CHECK_NAME);
-        self.tracker.push_extended(Expect::Close {
+        messages::close(&mut self.held.to_server, b'S', CHECK_NAME);
+        self.held.tracker.push_extended(Expect::Close {
             swallow: true,
             ticket: false,
         });
-        self.counts.server_parses += 1;
+        self.held.counts.server_parses += 1;
     }
 
     /// Notes what a statement about to run may do to session state.
@@ -334,21 +363,21 @@ impl Session {
     fn raise(&mut self, code: &str, message: &str) {
         let mut error = BytesMut::new();
         messages::error_response(&mut error, Severity::Error, code, message);
-        let at = messages::begin(&mut self.to_server, b'B');
-        messages::put_cstr(&mut self.to_server, b"");
+        let at = messages::begin(&mut self.held.to_server, b'B');
+        messages::put_cstr(&mut self.held.to_server, b"");
         // Never a statement: pgcat's names have 32 hex digits.
-        messages::put_cstr(&mut self.to_server, b"pgcat_raise");
-        self.to_server.put_i16(0);
-        self.to_server.put_i16(0);
-        self.to_server.put_i16(0);
-        messages::finish(&mut self.to_server, at);
-        self.tracker.raise(error.freeze());
+        messages::put_cstr(&mut self.held.to_server, b"pgcat_raise");
+        self.held.to_server.put_i16(0);
+        self.held.to_server.put_i16(0);
+        self.held.to_server.put_i16(0);
+        messages::finish(&mut self.held.to_server, at);
+        self.held.tracker.raise(error.freeze());
     }
 
     /// Records a message that changes the server's unnamed statement (and
     /// the client's, when `client`).
     fn push_unnamed(&mut self, expect: Expect, value: Option<Arc<Unnamed>>, client: bool) {
-        self.tracker.push_extended(expect);
+        self.held.tracker.push_extended(expect);
         self.note_unnamed(value, client);
     }
 
@@ -373,11 +402,11 @@ impl Session {
         }
         match self.cs.unnamed.clone() {
             Some(u) => {
-                let at = messages::begin(&mut self.to_server, b'P');
-                self.to_server.put_u8(0);
-                self.to_server.put_slice(&u.body);
-                messages::finish(&mut self.to_server, at);
-                self.counts.server_parses += 1;
+                let at = messages::begin(&mut self.held.to_server, b'P');
+                self.held.to_server.put_u8(0);
+                self.held.to_server.put_slice(&u.body);
+                messages::finish(&mut self.held.to_server, at);
+                self.held.counts.server_parses += 1;
                 self.push_unnamed(
                     Expect::Parse {
                         swallow: true,
@@ -391,7 +420,7 @@ impl Session {
                 // The client has none: the server must not have one
                 // either, so the Bind fails as it would on a direct
                 // connection.
-                messages::close(&mut self.to_server, b'S', "");
+                messages::close(&mut self.held.to_server, b'S', "");
                 self.push_unnamed(
                     Expect::Close {
                         swallow: true,
@@ -432,14 +461,14 @@ impl Session {
         client: Option<&[u8]>,
     ) {
         if server.statements.take_taken(prepared.id) {
-            messages::close(&mut self.to_server, b'S', &prepared.name);
-            self.tracker.push_extended(Expect::Close {
+            messages::close(&mut self.held.to_server, b'S', &prepared.name);
+            self.held.tracker.push_extended(Expect::Close {
                 swallow: true,
                 ticket: false,
             });
         }
-        self.to_server.extend_from_slice(&prepared.parse);
-        self.tracker.push_extended(Expect::Parse {
+        self.held.to_server.extend_from_slice(&prepared.parse);
+        self.held.tracker.push_extended(Expect::Parse {
             swallow: client.is_none(),
             ticket: true,
         });
@@ -447,13 +476,13 @@ impl Session {
             id: prepared.id,
             client: client.map(Into::into),
         });
-        self.counts.server_parses += 1;
+        self.held.counts.server_parses += 1;
         if let Some(evicted) = server
             .statements
             .insert(prepared.id, self.limits.statement_cache_size())
         {
-            messages::close(&mut self.to_server, b'S', &evicted.server_name());
-            self.tracker.push_extended(Expect::Close {
+            messages::close(&mut self.held.to_server, b'S', &evicted.server_name());
+            self.held.tracker.push_extended(Expect::Close {
                 swallow: true,
                 ticket: true,
             });
@@ -465,7 +494,7 @@ impl Session {
     /// ticketed message.
     pub(super) fn settle_tickets(&mut self, server: &mut Server) {
         let mut outcomes = std::mem::take(&mut self.held.outcomes);
-        self.tracker.take_outcomes(&mut outcomes);
+        self.held.tracker.take_outcomes(&mut outcomes);
         // A failed message and those its error skipped are undone last
         // first, so each name ends as it was before the first of them
         // that touched it.
@@ -581,15 +610,15 @@ impl Session {
     /// a prepare while their other sessions hold every server (pgbench
     /// -M prepared with several clients per thread).
     pub(super) fn prepare_locally(&mut self) -> bool {
-        if let Ok(Some(h)) = peek_header(&self.cbuf, client_limit) {
-            if h.tag == b'Q' && h.total == self.cbuf.len() {
-                if let Some(Deallocate::Name(name)) = deallocate(&self.cbuf[HEADER_LEN..]) {
+        if let Ok(Some(h)) = peek_header(&self.held.cbuf, client_limit) {
+            if h.tag == b'Q' && h.total == self.held.cbuf.len() {
+                if let Some(Deallocate::Name(name)) = deallocate(&self.held.cbuf[HEADER_LEN..]) {
                     if self.cs.statements.remove(&name).is_some() {
-                        self.counts.queries += 1;
+                        self.held.counts.queries += 1;
                         self.cs.unnamed = None;
-                        messages::command_complete(&mut self.to_client, "DEALLOCATE");
-                        messages::ready_for_query(&mut self.to_client, b'I');
-                        self.cbuf.clear();
+                        messages::command_complete(&mut self.held.to_client, "DEALLOCATE");
+                        messages::ready_for_query(&mut self.held.to_client, b'I');
+                        self.held.cbuf.clear();
                         return true;
                     }
                 }
@@ -599,18 +628,23 @@ impl Session {
         let mut pos = 0;
         let mut batch: Vec<(usize, usize)> = Vec::new();
         loop {
-            let Ok(Some(h)) = peek_header(&self.cbuf[pos..], client_limit) else {
+            let Ok(Some(h)) = peek_header(&self.held.cbuf[pos..], client_limit) else {
                 return false;
             };
-            if self.cbuf.len() < pos + h.total {
+            if self.held.cbuf.len() < pos + h.total {
                 return false;
             }
             match h.tag {
                 // An unnamed statement is never answered here.
-                b'P' if self.cbuf.get(pos + HEADER_LEN).is_some_and(|&b| b != 0) => {
+                b'P' if self
+                    .held
+                    .cbuf
+                    .get(pos + HEADER_LEN)
+                    .is_some_and(|&b| b != 0) =>
+                {
                     batch.push((pos + HEADER_LEN, pos + h.total))
                 }
-                b'S' if pos + h.total == self.cbuf.len() && !batch.is_empty() => break,
+                b'S' if pos + h.total == self.held.cbuf.len() && !batch.is_empty() => break,
                 _ => return false,
             }
             pos += h.total;
@@ -623,7 +657,7 @@ impl Session {
         {
             let known = self.state.known_statements.lock();
             for &(from, to) in &batch {
-                let body = &self.cbuf[from..to];
+                let body = &self.held.cbuf[from..to];
                 let Ok((name, rest)) = read_cstr(body, "Parse") else {
                     return false;
                 };
@@ -649,11 +683,11 @@ impl Session {
         for (name, prepared) in parsed {
             // Within the limit, checked above.
             let _ = self.cs.statements.insert(&name, Arc::new(prepared), 0);
-            self.counts.client_parses += 1;
-            messages::parse_complete(&mut self.to_client);
+            self.held.counts.client_parses += 1;
+            messages::parse_complete(&mut self.held.to_client);
         }
-        messages::ready_for_query(&mut self.to_client, b'I');
-        self.cbuf.clear();
+        messages::ready_for_query(&mut self.held.to_client, b'I');
+        self.held.cbuf.clear();
         true
     }
 }

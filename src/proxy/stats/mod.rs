@@ -264,8 +264,8 @@ pub struct ClientInfo {
     pub id: u64,
     pub peer: SocketAddr,
     pub local: SocketAddr,
-    pub db: String,
-    pub user: String,
+    pub db: Arc<str>,
+    pub user: Arc<str>,
     pub admin: bool,
     pub application_name: Mutex<String>,
     pub connect_time: SystemTime,
@@ -472,8 +472,8 @@ impl std::fmt::Debug for Registration {
 pub struct NewClient {
     pub peer: SocketAddr,
     pub local: SocketAddr,
-    pub db: String,
-    pub user: String,
+    pub db: Arc<str>,
+    pub user: Arc<str>,
     pub admin: bool,
     pub application_name: String,
     pub kill: KillSwitch,
@@ -495,51 +495,6 @@ impl KillSwitch {
         if let Some(h) = self.0.get() {
             h.abort();
         }
-    }
-}
-
-/// The tasks of every client connection, so that the end of a shutdown
-/// can abort those still running.
-#[derive(Debug, Default)]
-pub struct Tasks {
-    next: AtomicU64,
-    live: Mutex<HashMap<u64, KillSwitch>>,
-}
-
-/// Removes a task from [`Tasks`] when its future ends or is dropped.
-pub struct TaskEntry {
-    tasks: Arc<Tasks>,
-    id: u64,
-}
-
-impl Drop for TaskEntry {
-    fn drop(&mut self) {
-        self.tasks.live.lock().remove(&self.id);
-    }
-}
-
-impl Tasks {
-    /// A kill switch for a task about to be spawned, and the entry the
-    /// task holds while it runs.
-    pub fn enroll(self: &Arc<Self>) -> (KillSwitch, TaskEntry) {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let switch = KillSwitch::default();
-        self.live.lock().insert(id, switch.clone());
-        (
-            switch,
-            TaskEntry {
-                tasks: self.clone(),
-                id,
-            },
-        )
-    }
-
-    pub fn abort_all(&self) -> usize {
-        let live = self.live.lock();
-        for s in live.values() {
-            s.kill();
-        }
-        live.len()
     }
 }
 
@@ -651,7 +606,7 @@ impl Registry {
         let clients = self.clients.lock();
         let mut n = 0;
         for c in clients.values() {
-            if !c.admin && db.is_none_or(|d| d == c.db) {
+            if !c.admin && db.is_none_or(|d| *d == *c.db) {
                 c.kill.kill();
                 n += 1;
             }

@@ -151,8 +151,8 @@ impl Snapshot {
                 let wait_start = c.wait_start.load(Ordering::Relaxed);
                 ClientSnapshot {
                     id: c.id,
-                    db: c.db.clone(),
-                    user: c.user.clone(),
+                    db: c.db.to_string(),
+                    user: c.user.to_string(),
                     admin: c.admin,
                     state: state.as_str(),
                     addr: c.peer.ip().to_string(),
@@ -219,13 +219,13 @@ impl Snapshot {
             .map(|p| {
                 let st = &p.state.stats;
                 let mine = |c: &&ClientSnapshot| {
-                    !c.admin && c.db == p.settings.db && c.user == p.settings.user
+                    !c.admin && *c.db == *p.settings.db && *c.user == *p.settings.user
                 };
                 let cl: Vec<&ClientSnapshot> = clients.iter().filter(mine).collect();
                 let count = |s: &str| cl.iter().filter(|c| c.state == s).count() as u64;
                 let sv: Vec<&ServerSnapshot> = servers
                     .iter()
-                    .filter(|s| s.db == p.settings.db && s.user == p.settings.user)
+                    .filter(|s| *s.db == *p.settings.db && *s.user == *p.settings.user)
                     .collect();
                 let svc = |s: &str| sv.iter().filter(|x| x.state == s).count() as u64;
                 let used_after = p.settings.healthcheck_delay.as_secs();
@@ -237,8 +237,8 @@ impl Snapshot {
                     })
                     .count() as u64;
                 PoolSnapshot {
-                    db: p.settings.db.clone(),
-                    user: p.settings.user.clone(),
+                    db: p.settings.db.to_string(),
+                    user: p.settings.user.to_string(),
                     server_user: p.settings.login.user.clone(),
                     mode: p.settings.mode.as_str(),
                     config_hash: p.config_hash,
