@@ -83,8 +83,15 @@ pub async fn handle(accepted: Box<Accepted>) {
     // of an idle client keeps only the session and its idle wait. A
     // forced shutdown stops it (a logged-in session is aborted instead).
     let aborted = shared.aborted.clone();
-    let login = Box::pin(login::login(stream, peer, shared, kill));
-    let Some(mut session) = aborted.run_until_cancelled(login).await.flatten() else {
+    let login = Box::pin(async move {
+        let session = shared
+            .aborted
+            .clone()
+            .run_until_cancelled_owned(login::login(stream, peer, shared, kill))
+            .await;
+        session.flatten()
+    });
+    let Some(mut session) = login.await else {
         return;
     };
     if aborted.is_cancelled() {
