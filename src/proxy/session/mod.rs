@@ -82,22 +82,19 @@ pub async fn handle(accepted: Box<Accepted>) {
     // Login runs in its own allocation, freed when it is done: the task
     // of an idle client keeps only the session and its idle wait. A
     // forced shutdown stops it (a logged-in session is aborted instead).
-    let aborted = shared.aborted.clone();
     let login = Box::pin(async move {
-        let session = shared
-            .aborted
-            .clone()
-            .run_until_cancelled_owned(login::login(stream, peer, shared, kill))
-            .await;
-        session.flatten()
+        let aborted = shared.aborted.clone();
+        let session = aborted
+            .run_until_cancelled(login::login(stream, peer, shared, kill))
+            .await
+            .flatten();
+        // A login that registered after the forced end walked the
+        // registry ends here.
+        session.filter(|_| !aborted.is_cancelled())
     });
     let Some(mut session) = login.await else {
         return;
     };
-    if aborted.is_cancelled() {
-        return;
-    }
-    drop(aborted);
     let end = session.run().await;
     if session.log_disconnect {
         let peer = session.info.peer;
@@ -296,15 +293,8 @@ impl Held {
     }
 
     /// Back to [`Held::empty`], keeping modest allocations for reuse.
+    /// Only for a parkable `Held` whose buffers went back already.
     fn reset(&mut self) {
-        for buf in [
-            &mut self.cbuf,
-            &mut self.to_server,
-            &mut self.to_client,
-            &mut self.sbuf,
-        ] {
-            buffers::release(buf);
-        }
         self.tracker.reset();
         const KEEP_CAPACITY: usize = 64;
         if self.tickets.capacity() > KEEP_CAPACITY {
