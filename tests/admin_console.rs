@@ -4,7 +4,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
@@ -25,6 +24,7 @@ const SHOW_COMMANDS: &[&str] = &[
     "SHOW RELOADS",
     "SHOW MIRRORS",
     "SHOW STATUS",
+    "SHOW LATENCY",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,7 +359,7 @@ fn parse_metrics(body: &str) -> Vec<(String, HashMap<String, String>, f64)> {
             let mut parts = rest.split_whitespace();
             let name = parts.next().unwrap();
             let kind = parts.next().unwrap();
-            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
             typed.insert(name.to_string());
             continue;
         }
@@ -399,7 +399,11 @@ fn parse_metrics(body: &str) -> Vec<(String, HashMap<String, String>, f64)> {
             name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "{line}"
         );
-        assert!(typed.contains(&name), "{name} has no TYPE line");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+            .unwrap_or(&name);
+        assert!(typed.contains(family), "{name} has no TYPE line");
         out.push((name, labels, value));
     }
     out
@@ -421,16 +425,7 @@ async fn metrics_endpoint_serves_parseable_prometheus_text() {
     }
     proxy.handle.reload().unwrap();
     let addr = proxy.handle.metrics_addr().expect("exporter listening");
-    let body = tokio::task::spawn_blocking(move || {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        s.read_to_string(&mut response).unwrap();
-        response
-    })
-    .await
-    .unwrap();
+    let body = get_metrics(addr).await;
     let (head, body) = body.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("text/plain"));
@@ -459,5 +454,191 @@ async fn metrics_endpoint_serves_parseable_prometheus_text() {
     .await;
     assert!(out.status.success());
     assert!(!parse_metrics(&String::from_utf8_lossy(&out.stdout)).is_empty());
+    proxy.stop().await;
+}
+
+/// The bucket (index into the sorted bounds) a value in µs falls in.
+fn bucket(bounds_us: &[f64], v: f64) -> usize {
+    bounds_us
+        .iter()
+        .position(|&b| v <= b)
+        .unwrap_or(bounds_us.len())
+}
+
+/// Prometheus' histogram_quantile over cumulative buckets (le in
+/// seconds), in microseconds.
+fn histogram_quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().unwrap().1;
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, cum) in buckets {
+        if cum >= rank && cum > prev.1 {
+            if le.is_infinite() {
+                return prev.0 * 1e6;
+            }
+            let within = (rank - prev.1) / (cum - prev.1);
+            return (prev.0 + (le - prev.0) * within) * 1e6;
+        }
+        prev = (le, cum);
+    }
+    prev.0 * 1e6
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_histograms_in_metrics_match_show_stats_percentiles() {
+    let pg = PgCluster::shared();
+    let db = pg.create_db("scram-sha-256");
+    let text = config_text(
+        "enable_prometheus_exporter = true\nprometheus_exporter_port = 0",
+        &[PoolSpec::new(&db)],
+    );
+    let proxy = TestProxy::start(&text).await;
+    let client = proxy.connect(&db).await;
+    // Two populations: fast queries, and one in eleven taking 20 ms, so
+    // the median is fast and the 99th percentile is slow.
+    for i in 0..220 {
+        let sql = if i % 11 == 0 {
+            "SELECT pg_sleep(0.02)"
+        } else {
+            "SELECT 1"
+        };
+        client.simple_query(sql).await.unwrap();
+    }
+    let admin = proxy.admin().await;
+    let stats = admin_rows(&admin, "SHOW STATS").await;
+    let stats = stats
+        .iter()
+        .find(|r| r["database"].as_deref() == Some(db.name.as_str()))
+        .unwrap();
+    let stat = |k: &str| -> f64 { stats[k].as_deref().unwrap().parse().unwrap() };
+    let addr = proxy.handle.metrics_addr().expect("exporter listening");
+    let body = get_metrics(addr).await;
+    let samples = parse_metrics(body.split_once("\r\n\r\n").unwrap().1);
+    let buckets = |name: &str| -> Vec<(f64, f64)> {
+        let mut b: Vec<(f64, f64)> = samples
+            .iter()
+            .filter(|(n, l, _)| n == name && l.get("pool") == Some(&db.name))
+            .map(|(_, l, v)| {
+                let le = match l["le"].as_str() {
+                    "+Inf" => f64::INFINITY,
+                    x => x.parse().unwrap(),
+                };
+                (le, *v)
+            })
+            .collect();
+        b.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+        b
+    };
+    let query = buckets("pgcat_pool_query_duration_seconds_bucket");
+    let wait = buckets("pgcat_pool_wait_duration_seconds_bucket");
+    assert!(query.len() > 30, "{query:?}");
+    assert_eq!(query.last().unwrap().1, 220.0, "{query:?}");
+    assert_eq!(
+        wait.last().unwrap().1,
+        stat("total_server_assignment_count")
+    );
+    // The bounds of the exported buckets, in µs (without +Inf).
+    let bounds: Vec<f64> = query
+        .iter()
+        .filter(|b| b.0.is_finite())
+        .map(|b| b.0 * 1e6)
+        .collect();
+    for (hist, q, column) in [
+        (&query, 0.5, "query_p50"),
+        (&query, 0.99, "query_p99"),
+        (&wait, 0.5, "wait_p50"),
+        (&wait, 0.99, "wait_p99"),
+    ] {
+        let from_metrics = histogram_quantile(hist, q);
+        let shown = stat(column);
+        // Within one bucket: no further apart than the width of the
+        // bucket the exported quantile falls in.
+        let i = bucket(&bounds, from_metrics);
+        let lower = if i == 0 { 0.0 } else { bounds[i - 1] };
+        let width = bounds.get(i).copied().unwrap_or(lower) - lower;
+        assert!(
+            (from_metrics - shown).abs() <= width,
+            "{column}: SHOW STATS says {shown} µs, /metrics {from_metrics} µs"
+        );
+    }
+    assert!(stat("query_p50") < 20_000.0, "{stats:?}");
+    assert!(stat("query_p99") >= 20_000.0, "{stats:?}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_clients_tells_what_each_client_runs_and_kill_client_ends_one() {
+    let pg = PgCluster::shared();
+    let db = pg.create_db("scram-sha-256");
+    let proxy = TestProxy::start(&config_text("", &[PoolSpec::new(&db)])).await;
+    let admin = proxy.admin().await;
+    let sleeper = connect(&format!("{} application_name=sleeper", proxy.conn_str(&db))).await;
+    let holder = connect(&format!("{} application_name=holder", proxy.conn_str(&db))).await;
+    let bystander = proxy.connect(&db).await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let running = tokio::spawn(async move {
+        let r = sleeper.simple_query("SELECT pg_sleep(30) AS slow").await;
+        (r, sleeper)
+    });
+    let row_of = |rows: &[HashMap<String, Option<String>>], app: &str| {
+        rows.iter()
+            .find(|r| r["application_name"].as_deref() == Some(app))
+            .cloned()
+            .unwrap_or_else(|| panic!("{app} not in SHOW CLIENTS: {rows:?}"))
+    };
+    let mut first_ms = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = admin_rows(&admin, "SHOW CLIENTS").await;
+        let r = row_of(&rows, "sleeper");
+        if r["activity"].as_deref() == Some("active") {
+            assert_eq!(r["query"].as_deref(), Some("SELECT pg_sleep(30) AS slow"));
+            assert!(r["link"].is_some(), "holds a server: {r:?}");
+            let ms: u64 = r["activity_ms"].as_deref().unwrap().parse().unwrap();
+            match first_ms {
+                None => first_ms = Some(ms),
+                Some(f) if ms > f => break,
+                Some(_) => {}
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sleeping client never showed as active with a growing time: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rows = admin_rows(&admin, "SHOW CLIENTS").await;
+    let h = row_of(&rows, "holder");
+    assert_eq!(
+        h["activity"].as_deref(),
+        Some("idle in transaction"),
+        "{h:?}"
+    );
+    assert_eq!(h["query"], None, "the query text goes when it ends: {h:?}");
+    // KILL_CLIENT ends the sleeper: its query fails at once, the others
+    // keep going.
+    let id = row_of(&rows, "sleeper")["id"].clone().unwrap();
+    admin
+        .simple_query(&format!("KILL_CLIENT {id}"))
+        .await
+        .unwrap();
+    let (result, sleeper) = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the killed client's query ends")
+        .unwrap();
+    assert!(result.is_err(), "{result:?}");
+    assert!(sleeper.is_closed());
+    bystander.batch_execute("SELECT 1").await.unwrap();
+    holder.batch_execute("COMMIT").await.unwrap();
+    let rows = admin_rows(&admin, "SHOW CLIENTS").await;
+    assert!(!rows
+        .iter()
+        .any(|r| r["application_name"].as_deref() == Some("sleeper")));
+    let err = admin.simple_query("KILL_CLIENT 999999").await.unwrap_err();
+    let msg = err.as_db_error().map(|e| e.message().to_string());
+    assert!(
+        msg.as_deref().is_some_and(|m| m.contains("no such client")),
+        "{err:?}"
+    );
     proxy.stop().await;
 }

@@ -17,6 +17,10 @@ impl Tmux {
     /// Runs `script` with sh in a detached 100x30 session. The script
     /// should end with a long sleep so the pane stays readable.
     fn start(script: &str) -> Tmux {
+        Tmux::start_sized(script, 100, 30)
+    }
+
+    fn start_sized(script: &str, width: u16, height: u16) -> Tmux {
         let socket = unique("pgcat-tmux");
         let status = Command::new("tmux")
             .args([
@@ -27,9 +31,9 @@ impl Tmux {
                 "-s",
                 "main",
                 "-x",
-                "100",
+                &width.to_string(),
                 "-y",
-                "30",
+                &height.to_string(),
             ])
             .arg(format!("sh -c '{}'", script.replace('\'', "'\\''")))
             .status()
@@ -199,6 +203,37 @@ async fn top_shows_a_headless_pgcat() {
         })
         .await;
     assert!(screen.contains(&format!("127.0.0.1:{port}")), "{screen}");
+    // The Clients panel reads SHOW CLIENTS: a client running a query shows
+    // with it, and k ends it through KILL_CLIENT.
+    let remote = connect(&format!(
+        "{} application_name=remote-app",
+        proxy_conn_str(port, &db)
+    ))
+    .await;
+    let running = tokio::spawn(async move { remote.simple_query("SELECT pg_sleep(60)").await });
+    tmux.wait_for(
+        "the remote client and its query",
+        Duration::from_secs(20),
+        |s| {
+            s.lines().any(|l| {
+                l.contains("remote-app") && l.contains("active") && l.contains("pg_sleep(60)")
+            })
+        },
+    )
+    .await;
+    tmux.send("Tab");
+    tmux.send("Tab");
+    tmux.send("k");
+    tmux.wait_for("the question", Duration::from_secs(10), |s| {
+        s.contains("End client") && s.contains("remote-app")
+    })
+    .await;
+    tmux.send("y");
+    let result = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the killed client's query ends")
+        .unwrap();
+    assert!(result.is_err(), "{result:?}");
     tmux.send("q");
     let screen = tmux
         .wait_for("exit", Duration::from_secs(10), |s| s.contains("TTY:"))
@@ -272,4 +307,197 @@ async fn demo_runs_and_leaves_nothing_behind() {
         "pgbench left: {}",
         String::from_utf8_lossy(&pgbench.stdout)
     );
+}
+
+/// Seconds from a duration as the dashboard prints it: 850µs, 12.3ms,
+/// 4.1s, 3m05s.
+fn seconds(token: &str) -> Option<f64> {
+    if let Some(v) = token.strip_suffix("µs") {
+        return v.parse::<f64>().ok().map(|v| v / 1e6);
+    }
+    if let Some(v) = token.strip_suffix("ms") {
+        return v.parse::<f64>().ok().map(|v| v / 1e3);
+    }
+    let v = token.strip_suffix('s')?;
+    match v.split_once('m') {
+        Some((m, s)) => Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?),
+        None => v.parse().ok(),
+    }
+}
+
+const BARS: &str = "▁▂▃▄▅▆▇█";
+
+/// From the Pools panel: the latest bar of the pool's tx/s sparkline and
+/// its query p99, read under their headers.
+fn pool_trend(screen: &str, db: &str) -> Option<(char, f64)> {
+    let lines: Vec<Vec<char>> = screen.lines().map(|l| l.chars().collect()).collect();
+    let find = |line: &[char], pat: &str| -> Option<usize> {
+        let pat: Vec<char> = pat.chars().collect();
+        line.windows(pat.len()).position(|w| w == pat.as_slice())
+    };
+    let h = lines
+        .iter()
+        .position(|l| find(l, "tx/s history").is_some())?;
+    let header = &lines[h];
+    let spark_at = find(header, "tx/s history")?;
+    let p99_end = find(header, "q p99")? + "q p99".len();
+    let row = lines[h + 1..].iter().find(|l| find(l, db).is_some())?;
+    let bars: Vec<char> = row[spark_at..]
+        .iter()
+        .take_while(|c| BARS.contains(**c))
+        .copied()
+        .collect();
+    let p99: String = row[..p99_end]
+        .iter()
+        .rev()
+        .take_while(|c| **c != ' ')
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    Some((*bars.last()?, seconds(&p99)?))
+}
+
+/// A pgbench running `sql` in a loop on 4 clients, killed when dropped
+/// (its script file with it).
+struct Load {
+    child: std::process::Child,
+    _script: ConfigFile,
+}
+
+impl Load {
+    fn start(port: u16, db: &TestDb, sql: &str) -> Load {
+        let script = ConfigFile::new(&format!("{sql}\n"));
+        let mut cmd = Command::new("pgbench");
+        cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", &db.user])
+            .args(["-n", "-c", "4", "-T", "300", "-f"])
+            .arg(&script.path)
+            .arg(&db.name)
+            .env("PGPASSWORD", &db.password)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        Load {
+            child: spawn_tied(cmd).expect("pgbench runs"),
+            _script: script,
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_panel_under_load_kill_and_throughput_trends() {
+    let db = PgCluster::shared().create_db("scram-sha-256");
+    let port = free_port();
+    let text =
+        config_text("", &[PoolSpec::new(&db)]).replace("port = 0", &format!("port = {port}"));
+    let file = ConfigFile::new(&text);
+    let tmux = Tmux::start_sized(&script(&format!("--tui {}", file.path.display())), 180, 50);
+    tmux.wait_for("the dashboard", Duration::from_secs(20), |s| {
+        s.contains("Pools")
+    })
+    .await;
+
+    // 1. Under pgbench load the Clients panel lists the pgbench clients.
+    let fast = Load::start(port, &db, "SELECT 1;");
+    tmux.wait_for("four pgbench clients", Duration::from_secs(30), |s| {
+        s.lines().filter(|l| l.contains("pgbench")).count() >= 4
+    })
+    .await;
+    // A few seconds of steady load fill the sparkline and the p99.
+    let busy = tmux
+        .wait_for("a busy pool trend", Duration::from_secs(30), |s| {
+            pool_trend(s, &db.name).is_some_and(|(bar, _)| bar >= '▄')
+        })
+        .await;
+    let (busy_bar, busy_p99) = pool_trend(&busy, &db.name).unwrap();
+
+    // 2. A client held in a transaction with pg_sleep shows as active,
+    //    with a time that grows.
+    let sleeper = connect(&format!(
+        "{} application_name=sleeper",
+        proxy_conn_str(port, &db)
+    ))
+    .await;
+    let running =
+        tokio::spawn(async move { sleeper.simple_query("BEGIN; SELECT pg_sleep(120)").await });
+    let row = |s: &str| -> Option<f64> {
+        let line = s
+            .lines()
+            .find(|l| l.contains("sleeper") && l.contains("pg_sleep(120)"))?;
+        if !line.contains(" active ") {
+            return None;
+        }
+        line.split_whitespace().find_map(seconds)
+    };
+    let first = tmux
+        .wait_for("the sleeper, active", Duration::from_secs(20), |s| {
+            row(s).is_some()
+        })
+        .await;
+    let t1 = row(&first).unwrap();
+    let later = tmux
+        .wait_for("its time growing", Duration::from_secs(20), |s| {
+            row(s).is_some_and(|t| t >= t1 + 2.0)
+        })
+        .await;
+    assert!(row(&later).unwrap() > t1, "{later}");
+
+    // 3. k, then y, ends it; the client sees its connection closed.
+    tmux.send("Tab");
+    tmux.send("Tab");
+    tmux.send("/");
+    for c in ["s", "l", "e", "e", "p", "e", "r"] {
+        tmux.send(c);
+    }
+    tmux.send("Enter");
+    tmux.wait_for("the filter", Duration::from_secs(10), |s| {
+        s.contains("filter \"sleeper\"")
+    })
+    .await;
+    tmux.send("k");
+    let question = tmux
+        .wait_for("the question", Duration::from_secs(10), |s| {
+            s.contains("End client")
+        })
+        .await;
+    assert!(question.contains("(sleeper)"), "{question}");
+    tmux.send("y");
+    let result = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the killed client's query ends")
+        .unwrap();
+    let err = result.expect_err("the query of a killed client fails");
+    assert!(err.is_closed() || err.as_db_error().is_none(), "{err:?}");
+    tmux.wait_for("the kill reported", Duration::from_secs(10), |s| {
+        s.contains("ended")
+    })
+    .await;
+
+    // 4. Slower queries: the sparkline falls and the p99 rises.
+    drop(fast);
+    let slow = Load::start(port, &db, "SELECT pg_sleep(0.05);");
+    let after = tmux
+        .wait_for("the trend to change", Duration::from_secs(40), |s| {
+            pool_trend(s, &db.name)
+                .is_some_and(|(bar, p99)| bar < busy_bar && p99 >= 0.04 && p99 > busy_p99)
+        })
+        .await;
+    let (bar, p99) = pool_trend(&after, &db.name).unwrap();
+    assert!(bar <= '▂', "tx/s fell from {busy_bar} to {bar}:\n{after}");
+    assert!(
+        p99 > busy_p99 * 10.0,
+        "p99 {busy_p99} s -> {p99} s:\n{after}"
+    );
+    drop(slow);
+
+    tmux.send("q");
+    let screen = tmux
+        .wait_for("exit", Duration::from_secs(15), |s| s.contains("EXIT:"))
+        .await;
+    assert!(screen.contains("EXIT:0"), "{screen}");
 }

@@ -498,17 +498,7 @@ async fn a_lagging_replica_gets_no_reads() {
     );
     // And /metrics.
     let addr = proxy.handle.metrics_addr().expect("exporter listening");
-    let body = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        s.read_to_string(&mut response).unwrap();
-        response
-    })
-    .await
-    .unwrap();
+    let body = get_metrics(addr).await;
     let lag_line = body
         .lines()
         .find(|l| {

@@ -324,6 +324,47 @@ pub fn render(s: &Snapshot) -> String {
             f.sample(name, &[("pool", &p.db), ("user", &p.user)], get(&p.totals));
         }
     }
+    // Latency histograms: the buckets SHOW STATS reads its percentiles from.
+    type Hist = (
+        &'static str,
+        &'static str,
+        fn(&super::stats::snapshot::PoolSnapshot) -> (&[u64], u64),
+    );
+    let histograms: [Hist; 2] = [
+        (
+            "pgcat_pool_query_duration_seconds",
+            "Request durations, from the first message that expects an answer to ReadyForQuery.",
+            |p| (&p.query_hist, p.totals.query_time_us),
+        ),
+        (
+            "pgcat_pool_wait_duration_seconds",
+            "Time clients waited for a server connection, per checkout.",
+            |p| (&p.wait_hist, p.totals.wait_time_us),
+        ),
+    ];
+    for (name, help, get) in histograms {
+        f.header(name, "histogram", help);
+        let bucket = format!("{name}_bucket");
+        for p in &s.pools {
+            let (counts, sum_us) = get(p);
+            let mut cumulative = 0u64;
+            for (i, n) in counts.iter().enumerate() {
+                cumulative += n;
+                let le = match super::stats::histogram::BOUNDS_US.get(i) {
+                    Some(b) => format!("{}", *b as f64 / 1e6),
+                    None => "+Inf".to_string(),
+                };
+                f.sample(
+                    &bucket,
+                    &[("pool", &p.db), ("user", &p.user), ("le", &le)],
+                    cumulative as f64,
+                );
+            }
+            let labels = [("pool", p.db.as_str()), ("user", p.user.as_str())];
+            f.sample(&format!("{name}_sum"), &labels, sum_us as f64 / 1e6);
+            f.sample(&format!("{name}_count"), &labels, cumulative as f64);
+        }
+    }
     f.header(
         "pgcat_server_connections",
         "gauge",

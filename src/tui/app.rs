@@ -6,7 +6,8 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::proxy::stats::snapshot::{PoolSnapshot, Snapshot};
+use crate::proxy::stats::histogram::{delta, quantile};
+use crate::proxy::stats::snapshot::{ClientSnapshot, PoolSnapshot, Snapshot};
 
 use super::keys::Key;
 use super::LogBuffer;
@@ -16,8 +17,39 @@ use super::LogBuffer;
 pub enum Focus {
     Pools,
     Servers,
+    Clients,
     Mirrors,
     Logs,
+}
+
+impl Focus {
+    const ORDER: [Focus; 5] = [
+        Focus::Pools,
+        Focus::Servers,
+        Focus::Clients,
+        Focus::Mirrors,
+        Focus::Logs,
+    ];
+
+    fn step(self, forward: bool) -> Focus {
+        let i = Focus::ORDER.iter().position(|f| *f == self).unwrap_or(0);
+        let n = Focus::ORDER.len();
+        Focus::ORDER[if forward {
+            (i + 1) % n
+        } else {
+            (i + n - 1) % n
+        }]
+    }
+}
+
+/// How the Clients panel is ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientSort {
+    /// Busy clients first (waiting, active, idle in transaction), each
+    /// by time in that state, longest first; then idle ones the same way.
+    TimeInState,
+    /// By client id, oldest connection first.
+    Id,
 }
 
 /// Fields `E` can change in place.
@@ -87,8 +119,38 @@ pub enum Command {
         user: String,
         paused: bool,
     },
+    /// End one client's session (confirmed), as the console's KILL_CLIENT.
+    KillClient(u64),
     Quit,
 }
+
+/// A kill waiting for `y`: the client and how the question names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfirmKill {
+    pub id: u64,
+    pub who: String,
+}
+
+/// One pool's recent history, one sample per refresh.
+#[derive(Debug, Default, Clone)]
+pub struct PoolHistory {
+    /// Transactions and queries per second.
+    pub tps: VecDeque<u64>,
+    pub qps: VecDeque<u64>,
+    /// Histogram counts at each of the last [`LATENCY_WINDOW`] refreshes.
+    latency: VecDeque<(Vec<u64>, Vec<u64>)>,
+    /// Percentiles over that window, microseconds.
+    pub query_p50: Option<u64>,
+    pub query_p99: Option<u64>,
+    pub wait_p50: Option<u64>,
+    pub wait_p99: Option<u64>,
+    last: Option<(Instant, u64, u64)>,
+}
+
+/// Samples of throughput kept per pool: three minutes at one a second.
+pub const RATE_HISTORY: usize = 180;
+/// Refreshes the latency percentiles look back over (about 10 s).
+pub const LATENCY_WINDOW: usize = 10;
 
 /// What the header says about the last action.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,11 +165,21 @@ pub struct App {
     previous: Option<(Instant, u64, u64)>,
     pub qps: f64,
     pub tps: f64,
-    pub selected: usize,
+    /// The pool picked with the arrows; None: all pools.
+    pub selected: Option<usize>,
     pub focus: Focus,
     pub scroll: usize,
+    /// Filters pools (by database and user) ...
     pub filter: String,
+    /// ... and clients (by any column shown), set with `/` in each panel.
+    pub client_filter: String,
     pub filtering: bool,
+    /// The client row picked in the Clients panel.
+    pub client_selected: usize,
+    pub client_sort: ClientSort,
+    pub confirm: Option<ConfirmKill>,
+    /// Per pool (database, user): rates and latency over time.
+    pub history: HashMap<(String, String), PoolHistory>,
     pub help: bool,
     pub editing: Option<InPlaceEdit>,
     pub message: Option<Message>,
@@ -135,11 +207,16 @@ impl App {
             previous: None,
             qps: 0.0,
             tps: 0.0,
-            selected: 0,
+            selected: None,
             focus: Focus::Pools,
             scroll: 0,
             filter: String::new(),
+            client_filter: String::new(),
             filtering: false,
+            client_selected: 0,
+            client_sort: ClientSort::TimeInState,
+            confirm: None,
+            history: HashMap::new(),
             help: false,
             editing: None,
             message: None,
@@ -176,11 +253,73 @@ impl App {
                 }
             }
         }
+        for p in &snapshot.pools {
+            let h = self
+                .history
+                .entry((p.db.clone(), p.user.clone()))
+                .or_default();
+            h.sample(now, p);
+        }
+        self.history.retain(|(db, user), _| {
+            snapshot
+                .pools
+                .iter()
+                .any(|p| p.db == *db && p.user == *user)
+        });
         self.snapshot = Some(snapshot);
         let n = self.visible_pools().len();
-        if n > 0 && self.selected >= n {
-            self.selected = n - 1;
+        if let Some(sel) = self.selected {
+            self.selected = if n == 0 { None } else { Some(sel.min(n - 1)) };
         }
+        let c = self.visible_clients().len();
+        self.client_selected = self.client_selected.min(c.saturating_sub(1));
+    }
+
+    /// The history of one pool, when it has one.
+    pub fn pool_history(&self, p: &PoolSnapshot) -> Option<&PoolHistory> {
+        self.history.get(&(p.db.clone(), p.user.clone()))
+    }
+
+    /// Clients shown in the Clients panel: not admin consoles, of the
+    /// selected pool (all when none), under the client filter, in the
+    /// chosen order.
+    pub fn visible_clients(&self) -> Vec<&ClientSnapshot> {
+        let Some(s) = &self.snapshot else {
+            return Vec::new();
+        };
+        let pool = self.selected_pool();
+        let f = self.client_filter.to_lowercase();
+        let mut v: Vec<&ClientSnapshot> = s
+            .clients
+            .iter()
+            .filter(|c| !c.admin)
+            .filter(|c| pool.is_none_or(|p| p.db == c.db && p.user == c.user))
+            .filter(|c| {
+                f.is_empty()
+                    || [
+                        c.user.as_str(),
+                        c.db.as_str(),
+                        c.addr.as_str(),
+                        c.application_name.as_str(),
+                        c.activity,
+                        c.query.as_deref().unwrap_or(""),
+                    ]
+                    .iter()
+                    .any(|x| x.to_lowercase().contains(&f))
+                    || c.id.to_string() == f
+            })
+            .collect();
+        match self.client_sort {
+            ClientSort::Id => v.sort_by_key(|c| c.id),
+            ClientSort::TimeInState => {
+                v.sort_by_key(|c| (c.activity == "idle", std::cmp::Reverse(c.activity_ms), c.id))
+            }
+        }
+        v
+    }
+
+    pub fn selected_client(&self) -> Option<&ClientSnapshot> {
+        self.visible_clients().get(self.client_selected).copied()
     }
 
     /// Pools shown under the filter.
@@ -199,8 +338,28 @@ impl App {
             .collect()
     }
 
+    /// The pool picked with the arrows; when none is, the only pool
+    /// shown if there is just one. None: the panels show all pools.
     pub fn selected_pool(&self) -> Option<&PoolSnapshot> {
-        self.visible_pools().get(self.selected).copied()
+        let pools = self.visible_pools();
+        match self.selected {
+            Some(i) => pools.get(i).copied(),
+            None if pools.len() == 1 => Some(pools[0]),
+            None => None,
+        }
+    }
+
+    /// The pools the Servers, Clients and Mirrors panels show: the
+    /// selected one, or all.
+    pub fn pools_in_scope(&self) -> Vec<&PoolSnapshot> {
+        match self.selected_pool() {
+            Some(p) => vec![p],
+            None => self
+                .snapshot
+                .as_ref()
+                .map(|s| s.pools.iter().collect())
+                .unwrap_or_default(),
+        }
     }
 
     /// Whether the last reload rebuilt this pool.
@@ -220,6 +379,14 @@ impl App {
 
     /// Handles one key; returns what the runner should do.
     pub fn on_key(&mut self, key: Key) -> Option<Command> {
+        if let Some(confirm) = self.confirm.take() {
+            // y ends the client; any other key keeps it.
+            if key == Key::Char('y') || key == Key::Char('Y') {
+                return Some(Command::KillClient(confirm.id));
+            }
+            self.say(format!("client {} kept", confirm.id), false);
+            return None;
+        }
         if let Some(edit) = self.editing.as_mut() {
             match key {
                 Key::Esc => self.editing = None,
@@ -253,19 +420,29 @@ impl App {
             return None;
         }
         if self.filtering {
+            let clients = self.focus == Focus::Clients;
+            let filter = if clients {
+                &mut self.client_filter
+            } else {
+                &mut self.filter
+            };
             match key {
                 Key::Enter => self.filtering = false,
                 Key::Esc => {
                     self.filtering = false;
-                    self.filter.clear();
+                    filter.clear();
                 }
                 Key::Backspace => {
-                    self.filter.pop();
+                    filter.pop();
                 }
-                Key::Char(c) => self.filter.push(c),
+                Key::Char(c) => filter.push(c),
                 _ => {}
             }
-            self.selected = 0;
+            if clients {
+                self.client_selected = 0;
+            } else {
+                self.selected = None;
+            }
             return None;
         }
         if self.help {
@@ -300,9 +477,11 @@ impl App {
                     );
                     return None;
                 }
-                let (db, user) = self
-                    .selected_pool()
-                    .map(|p| (p.db.clone(), p.user.clone()))?;
+                let Some((db, user)) = self.selected_pool().map(|p| (p.db.clone(), p.user.clone()))
+                else {
+                    self.say("select a pool first (Tab to Pools, then ↑ ↓)", true);
+                    return None;
+                };
                 self.editing = Some(InPlaceEdit {
                     db,
                     user,
@@ -312,12 +491,50 @@ impl App {
                 None
             }
             Key::Char('p') => {
-                let p = self.selected_pool()?;
+                let Some(p) = self.selected_pool() else {
+                    self.say("select a pool first (Tab to Pools, then ↑ ↓)", true);
+                    return None;
+                };
                 Some(Command::Pause {
                     db: p.db.clone(),
                     user: p.user.clone(),
                     paused: !p.paused,
                 })
+            }
+            Key::Char('k') => {
+                if self.focus != Focus::Clients {
+                    self.say("k ends a client: Tab to Clients and pick one", true);
+                    return None;
+                }
+                let Some(c) = self.selected_client() else {
+                    self.say("no client selected", true);
+                    return None;
+                };
+                let who = format!(
+                    "{} {}@{} {}:{}{}",
+                    c.id,
+                    c.user,
+                    c.db,
+                    c.addr,
+                    c.port,
+                    if c.application_name.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", c.application_name)
+                    }
+                );
+                self.confirm = Some(ConfirmKill { id: c.id, who });
+                None
+            }
+            Key::Char('s') => {
+                if self.focus == Focus::Clients {
+                    self.client_sort = match self.client_sort {
+                        ClientSort::TimeInState => ClientSort::Id,
+                        ClientSort::Id => ClientSort::TimeInState,
+                    };
+                    self.client_selected = 0;
+                }
+                None
             }
             Key::Char('/') => {
                 self.filtering = true;
@@ -327,37 +544,102 @@ impl App {
                 self.help = true;
                 None
             }
-            Key::Tab => {
-                self.focus = match self.focus {
-                    Focus::Pools => Focus::Servers,
-                    Focus::Servers => Focus::Mirrors,
-                    Focus::Mirrors => Focus::Logs,
-                    Focus::Logs => Focus::Pools,
-                };
-                self.scroll = 0;
-                None
-            }
-            Key::Up | Key::Char('k') => {
+            Key::Esc => {
                 if self.focus == Focus::Pools {
-                    self.selected = self.selected.saturating_sub(1);
-                } else {
-                    self.scroll = self.scroll.saturating_sub(1);
+                    self.selected = None;
                 }
                 None
             }
-            Key::Down | Key::Char('j') => {
-                if self.focus == Focus::Pools {
-                    let n = self.visible_pools().len();
-                    if self.selected + 1 < n {
-                        self.selected += 1;
+            Key::Tab | Key::BackTab => {
+                self.focus = self.focus.step(key == Key::Tab);
+                self.scroll = 0;
+                None
+            }
+            Key::Up => {
+                match self.focus {
+                    Focus::Pools => {
+                        self.selected = match self.selected {
+                            None | Some(0) => None,
+                            Some(i) => Some(i - 1),
+                        }
                     }
-                } else {
-                    self.scroll += 1;
+                    Focus::Clients => self.client_selected = self.client_selected.saturating_sub(1),
+                    _ => self.scroll = self.scroll.saturating_sub(1),
+                }
+                None
+            }
+            Key::Down => {
+                match self.focus {
+                    Focus::Pools => {
+                        let n = self.visible_pools().len();
+                        self.selected = match self.selected {
+                            None if n > 0 => Some(0),
+                            Some(i) if i + 1 < n => Some(i + 1),
+                            other => other,
+                        }
+                    }
+                    Focus::Clients => {
+                        if self.client_selected + 1 < self.visible_clients().len() {
+                            self.client_selected += 1;
+                        }
+                    }
+                    _ => self.scroll += 1,
                 }
                 None
             }
             _ => None,
         }
+    }
+}
+
+impl PoolHistory {
+    /// Adds one refresh: rates since the last one, and percentiles over
+    /// the histogram counts of the last [`LATENCY_WINDOW`] refreshes.
+    fn sample(&mut self, now: Instant, p: &PoolSnapshot) {
+        let (x, q) = (p.totals.xact_count, p.totals.query_count);
+        if let Some((t, x0, q0)) = self.last {
+            let secs = now.duration_since(t).as_secs_f64();
+            if secs > 0.0 {
+                let rate = |a: u64, b: u64| (a.saturating_sub(b) as f64 / secs).round() as u64;
+                push_bounded(&mut self.tps, rate(x, x0), RATE_HISTORY);
+                push_bounded(&mut self.qps, rate(q, q0), RATE_HISTORY);
+            }
+        }
+        self.last = Some((now, x, q));
+        self.latency
+            .push_back((p.query_hist.clone(), p.wait_hist.clone()));
+        while self.latency.len() > LATENCY_WINDOW + 1 {
+            self.latency.pop_front();
+        }
+        let (oldest, newest) = (self.latency.front(), self.latency.back());
+        if let (Some((q0, w0)), Some((q1, w1))) = (oldest, newest) {
+            // With one sample only, what the pool has counted so far.
+            let (dq, dw) = if self.latency.len() > 1 {
+                (delta(q1, q0), delta(w1, w0))
+            } else {
+                (q1.clone(), w1.clone())
+            };
+            self.query_p50 = quantile(&dq, 0.5);
+            self.query_p99 = quantile(&dq, 0.99);
+            self.wait_p50 = quantile(&dw, 0.5);
+            self.wait_p99 = quantile(&dw, 0.99);
+        }
+    }
+
+    /// Sets the rates directly (fixtures).
+    pub fn with_rates(tps: &[u64], qps: &[u64]) -> PoolHistory {
+        PoolHistory {
+            tps: tps.iter().copied().collect(),
+            qps: qps.iter().copied().collect(),
+            ..Default::default()
+        }
+    }
+}
+
+fn push_bounded(v: &mut VecDeque<u64>, x: u64, limit: usize) {
+    v.push_back(x);
+    while v.len() > limit {
+        v.pop_front();
     }
 }
 

@@ -41,6 +41,25 @@ pub fn map(event: KeyEvent) -> Option<Key> {
 
 /// The help text: one line per key.
 pub const HELP: &[(&str, &str)] = &[
+    (
+        "Tab S-Tab",
+        "next / previous panel: pools, servers, clients, mirrors, log",
+    ),
+    ("↑ ↓", "pick a pool or a client; scroll the other panels"),
+    (
+        "Esc",
+        "pools: show every pool again (servers, clients, mirrors follow)",
+    ),
+    (
+        "/",
+        "filter the pools, or the clients when they are focused",
+    ),
+    ("s", "clients: sort by time in state (busy first) or by id"),
+    (
+        "k",
+        "clients: end the selected client (asks first), as KILL_CLIENT",
+    ),
+    ("p", "pause / resume the selected pool"),
     ("r", "reload the config file"),
     (
         "e",
@@ -50,12 +69,8 @@ pub const HELP: &[(&str, &str)] = &[
         "E",
         "edit pool_size, pool_mode or keepalives of the selected pool",
     ),
-    ("p", "pause / resume the selected pool"),
-    ("↑ ↓ j k", "move"),
-    ("Tab", "next panel"),
-    ("/", "filter pools"),
     ("?", "this help"),
-    ("q", "quit"),
+    ("q Ctrl-C", "quit"),
 ];
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! The dashboard: pools with their config hashes, server connections with
-//! their keepalive state, mirrors with their lag, and the log, live; keys
-//! to reload, edit the config, pause.
+//! The dashboard: pools with their config hashes, throughput sparklines
+//! and latency percentiles, server connections with their keepalive
+//! state, clients with what they run, mirrors with their lag, and the log,
+//! live; keys to reload, edit the config, pause a pool, end a client.
 //!
 //! - `app`: state and what keys do (no drawing);
 //! - `ui/`: one file per panel;
@@ -187,6 +188,10 @@ pub fn perform(cmd: Command, app: &mut App, source: &mut Source, term: &mut dyn 
                 Err(e) => app.say(format!("not written: {e}"), true),
             }
         }
+        Command::KillClient(id) => match source.kill_client(id) {
+            Ok(()) => app.say(format!("client {id} ended"), false),
+            Err(e) => app.say(format!("client {id}: {e}"), true),
+        },
         Command::Pause { db, user, paused } => match source.set_paused(&db, &user, paused) {
             Ok(()) => app.say(
                 format!("{} {db}/{user}", if paused { "paused" } else { "resumed" }),

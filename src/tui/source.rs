@@ -270,6 +270,24 @@ impl Source {
         }
     }
 
+    /// Ends one client's session, as the console's KILL_CLIENT does.
+    pub fn kill_client(&mut self, id: u64) -> Result<(), String> {
+        match self {
+            Source::Local { shared, .. } => {
+                let ctx = crate::proxy::admin::Context {
+                    shared: shared.clone(),
+                    pgcat_dialect: false,
+                };
+                if crate::proxy::admin::kill_client::kill(&ctx, id) {
+                    Ok(())
+                } else {
+                    Err(format!("no such client: {id}"))
+                }
+            }
+            Source::Remote { .. } => self.remote(&format!("KILL_CLIENT {id}")).map(|_| ()),
+        }
+    }
+
     fn remote(&mut self, sql: &str) -> Result<Vec<Row>, String> {
         let Source::Remote {
             url,
@@ -343,6 +361,7 @@ fn intern(s: &str) -> &'static str {
         "connected",
         "connecting",
         "down",
+        "idle in transaction",
     ];
     KNOWN.iter().find(|k| **k == s).copied().unwrap_or("?")
 }
@@ -389,6 +408,23 @@ fn ms_to_us(row: &Row, key: &str) -> Option<u32> {
     opt_num::<f64>(row, key).map(|ms| (ms * 1000.0) as u32)
 }
 
+/// One pool's histogram of `kind` from SHOW LATENCY's rows.
+fn histogram(rows: &[Row], db: &str, user: &str, kind: &str) -> Vec<u64> {
+    use crate::proxy::stats::histogram::{BOUNDS_US, BUCKETS};
+    let mut counts = vec![0u64; BUCKETS];
+    for r in rows
+        .iter()
+        .filter(|r| get(r, "database") == db && get(r, "user") == user && get(r, "kind") == kind)
+    {
+        let i = match get(r, "le_us").parse::<u64>() {
+            Ok(le) => BOUNDS_US.partition_point(|&b| b < le),
+            Err(_) => BUCKETS - 1,
+        };
+        counts[i.min(BUCKETS - 1)] += num::<u64>(r, "count");
+    }
+    counts
+}
+
 /// Builds a snapshot from a remote pgcat's SHOW commands.
 async fn remote_snapshot(c: &mut AdminClient, url: &AdminUrl) -> Result<Snapshot, String> {
     let status: HashMap<String, String> = c
@@ -404,6 +440,8 @@ async fn remote_snapshot(c: &mut AdminClient, url: &AdminUrl) -> Result<Snapshot
     let mirrors = c.query("SHOW MIRRORS").await?;
     let servers = c.query("SHOW SERVERS").await?;
     let clients = c.query("SHOW CLIENTS").await?;
+    // An older pgcat has no SHOW LATENCY: no percentiles.
+    let latency = c.query("SHOW LATENCY").await.unwrap_or_default();
     let reloads = c.query("SHOW RELOADS").await?;
     // An older pgcat has no SHOW CERTIFICATES: show none.
     let certificates = c.query("SHOW CERTIFICATES").await.unwrap_or_default();
@@ -457,6 +495,8 @@ async fn remote_snapshot(c: &mut AdminClient, url: &AdminUrl) -> Result<Snapshot
                     query_time_us: avg("avg_query_time"),
                     ..Default::default()
                 },
+                query_hist: histogram(&latency, &db, &user, "query"),
+                wait_hist: histogram(&latency, &db, &user, "wait"),
                 servers: databases
                     .iter()
                     .filter(|d| get(d, "name") == db && get(d, "user") == user)
@@ -557,6 +597,9 @@ async fn remote_snapshot(c: &mut AdminClient, url: &AdminUrl) -> Result<Snapshot
             xact_count: 0,
             query_count: 0,
             max_wait_us: 0,
+            activity: intern(get(c, "activity")),
+            activity_ms: num(c, "activity_ms"),
+            query: c.get("query").cloned().flatten(),
         })
         .collect();
     let reloads = reloads

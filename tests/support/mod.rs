@@ -1007,6 +1007,21 @@ pub async fn admin_rows(
         .collect()
 }
 
+/// The whole HTTP answer of the exporter at `addr` to `GET /metrics`.
+pub async fn get_metrics(addr: std::net::SocketAddr) -> String {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        response
+    })
+    .await
+    .unwrap()
+}
+
 /// The row of SHOW POOLS for a database.
 pub async fn pool_row(
     admin: &tokio_postgres::Client,

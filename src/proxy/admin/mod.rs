@@ -8,6 +8,7 @@
 
 mod ban;
 mod kill;
+pub mod kill_client;
 mod pause;
 mod pgcat_dialect;
 mod reconnect;
@@ -20,6 +21,7 @@ mod show_clients;
 mod show_config;
 mod show_databases;
 mod show_help;
+mod show_latency;
 mod show_lists;
 mod show_mirrors;
 mod show_pools;
@@ -207,6 +209,7 @@ pub const COMMANDS: &[Command] = &[
     show_help::COMMAND,
     show_pools::COMMAND,
     show_stats::COMMAND,
+    show_latency::COMMAND,
     show_databases::COMMAND,
     show_servers::COMMAND,
     show_clients::COMMAND,
@@ -226,6 +229,7 @@ pub const COMMANDS: &[Command] = &[
     resume::COMMAND,
     reconnect::COMMAND,
     kill::COMMAND,
+    kill_client::COMMAND,
     shutdown::COMMAND,
     set::COMMAND,
 ];

@@ -2,7 +2,16 @@
 //! in SHOW SERVERS' columns.
 
 use super::show_servers::{socket_columns, COLUMNS};
-use super::{int, text, timestamp, AdminError, Command, Context, Reply, Table};
+use super::{int, text, timestamp, AdminError, Command, Context, Kind, Reply, Table};
+
+/// After the shared columns: what the client does (`idle`, `waiting`,
+/// `active`, `idle in transaction`), for how long in milliseconds, and
+/// the query it runs (cut to 256 bytes; NULL when it runs none).
+pub const CLIENT_COLUMNS: &[(&str, Kind)] = &[
+    ("activity", Kind::Text),
+    ("activity_ms", Kind::Int),
+    ("query", Kind::Text),
+];
 
 pub const COMMAND: Command = Command {
     words: &["SHOW", "CLIENTS"],
@@ -14,7 +23,9 @@ fn run(ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
     if ctx.pgcat_dialect {
         return Ok(Reply::Rows(super::pgcat_dialect::clients(ctx)));
     }
-    let mut t = Table::new(COLUMNS);
+    let mut columns = COLUMNS.to_vec();
+    columns.extend_from_slice(CLIENT_COLUMNS);
+    let mut t = Table::new(&columns);
     for c in ctx.snapshot().clients {
         let mut row = vec![
             text("C"),
@@ -39,6 +50,7 @@ fn run(ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
             int(c.id),
         ];
         row.extend(socket_columns(c.socket.as_ref()));
+        row.extend([text(c.activity), int(c.activity_ms), c.query.clone()]);
         t.row(row);
     }
     Ok(Reply::Rows(t))

@@ -1,8 +1,19 @@
 //! SHOW STATS: totals and recent averages per (pool, user). Averages are
 //! per second for counts and bytes, per transaction or query for times
-//! (microseconds), over the last stats period.
+//! (microseconds), over the last stats period. After PgBouncer's columns
+//! (and `user`, `total_errors`): p50 and p99 of request durations and of
+//! waits for a server, in microseconds, since the pool's counters started,
+//! read from the latency histograms that `/metrics` exports (so they
+//! agree with its `histogram_quantile` to within one bucket).
 
 use super::{int, text, AdminError, Command, Context, Kind, Reply, Table};
+use crate::proxy::stats::histogram::quantile;
+
+/// A percentile of a latency histogram in microseconds; 0 with no sample,
+/// as PgBouncer's averages are.
+fn pct(counts: &[u64], q: f64) -> Option<String> {
+    int(quantile(counts, q).unwrap_or(0))
+}
 
 pub const COMMAND: Command = Command {
     words: &["SHOW", "STATS"],
@@ -43,6 +54,10 @@ fn run(ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
         ("avg_client_login_count", Int),
         ("user", Text),
         ("total_errors", Int),
+        ("query_p50", Int),
+        ("query_p99", Int),
+        ("wait_p50", Int),
+        ("wait_p99", Int),
     ]);
     for p in ctx.snapshot().pools {
         let s = p.totals;
@@ -76,6 +91,10 @@ fn run(ctx: &Context, _args: &[String]) -> Result<Reply, AdminError> {
             r(a.client_login_count),
             text(&p.user),
             int(s.errors),
+            pct(&p.query_hist, 0.5),
+            pct(&p.query_hist, 0.99),
+            pct(&p.wait_hist, 0.5),
+            pct(&p.wait_hist, 0.99),
         ]);
     }
     Ok(Reply::Rows(t))

@@ -288,10 +288,9 @@ impl UserPool {
         for server in &candidates {
             match self.checkout_from(server).await {
                 Ok(conn) => {
-                    PoolStats::add(
-                        &self.state.stats.wait_time_us,
-                        started.elapsed().as_micros() as u64,
-                    );
+                    let waited = started.elapsed().as_micros() as u64;
+                    PoolStats::add(&self.state.stats.wait_time_us, waited);
+                    self.state.stats.wait_latency.record(waited);
                     PoolStats::add(&self.state.stats.server_assignment_count, 1);
                     return Ok(conn);
                 }

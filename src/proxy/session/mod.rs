@@ -979,7 +979,10 @@ impl Session {
         }
         let now = Instant::now();
         if let Some(t) = self.held.request_started.take() {
-            self.held.counts.query_time_us += now.duration_since(t).as_micros() as u64;
+            let us = now.duration_since(t).as_micros() as u64;
+            self.held.counts.query_time_us += us;
+            self.state.stats.query_latency.record(us);
+            self.info.end_query(self.held.tracker.status() != b'I');
         }
         if self.held.tracker.status() == b'I' {
             if let Some(t) = self.held.xact_started.take() {

@@ -336,6 +336,9 @@ impl Session {
             pos = self.held.client_left.min(self.held.cbuf.len());
             self.held.client_left -= pos;
         }
+        if self.held.request_started.is_none() && self.held.client_left == 0 {
+            self.note_query_text(pos);
+        }
         while self.held.client_left == 0 {
             let rest = &self.held.cbuf[pos..];
             let h = match peek_header(rest, client_limit) {
@@ -455,6 +458,50 @@ impl Session {
         self.held.tracker.push_query(ticket);
     }
 
+    /// A request may start with the message at `pos` of `cbuf`: the
+    /// client's registry entry gets its query text (SHOW CLIENTS, the
+    /// dashboard). Only messages that carry or name a query count; an
+    /// unnamed statement's Bind keeps the text its Parse gave.
+    fn note_query_text(&self, pos: usize) {
+        let rest = &self.held.cbuf[pos..];
+        let Some(&tag) = rest.first() else {
+            return;
+        };
+        let body = rest.get(HEADER_LEN..).unwrap_or_default();
+        let before_nul = |b: &[u8]| -> usize { b.iter().position(|&c| c == 0).unwrap_or(b.len()) };
+        match tag {
+            b'Q' => self.info.begin_query(&body[..before_nul(body)]),
+            b'P' => {
+                let after_name = before_nul(body) + 1;
+                if let Some(q) = body.get(after_name..) {
+                    self.info.begin_query(&q[..before_nul(q)]);
+                }
+            }
+            b'B' => {
+                let Some((_, name)) = bind_names(rest) else {
+                    return;
+                };
+                if name.is_empty() {
+                    return;
+                }
+                match self.cs.statements.get(name) {
+                    Some(p) => {
+                        // The Parse pgcat keeps: header, server name, text.
+                        let b = p.parse.get(HEADER_LEN..).unwrap_or_default();
+                        let q = b.get(before_nul(b) + 1..).unwrap_or_default();
+                        self.info.begin_query(&q[..before_nul(q)]);
+                    }
+                    None => {
+                        let mut shown = b"EXECUTE ".to_vec();
+                        shown.extend_from_slice(name);
+                        self.info.begin_query(&shown);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Bookkeeping for a client message forwarded unchanged.
     fn note_client(&mut self, tag: u8) {
         self.held.tracker.client_message(tag);
@@ -535,7 +582,7 @@ impl Session {
                 b'S' => {
                     if let Ok((k, v)) = messages::parse_parameter_status(body) {
                         if k == "application_name" {
-                            *self.info.application_name.lock() = v.clone();
+                            *self.info.application_name.lock() = v.as_str().into();
                             *server.info.application_name.lock() = v.clone();
                         }
                         server.params.set(&k, &v);

@@ -21,7 +21,10 @@ use tokio::task::AbortHandle;
 
 use super::net::SocketInfo;
 
+pub mod histogram;
 pub mod snapshot;
+
+use histogram::Histogram;
 
 /// Microseconds since the Unix epoch.
 pub fn now_us() -> u64 {
@@ -118,6 +121,11 @@ pub struct PoolStats {
     pub clients_waiting: AtomicI64,
     /// Clients holding a server connection right now.
     pub clients_active: AtomicI64,
+    /// How long requests took, from the first message that expects an
+    /// answer to the ReadyForQuery that ends it.
+    pub query_latency: Histogram,
+    /// How long clients waited for a server connection.
+    pub wait_latency: Histogram,
     period: Mutex<Period>,
 }
 
@@ -267,8 +275,9 @@ pub struct ClientInfo {
     pub db: Arc<str>,
     pub user: Arc<str>,
     pub admin: bool,
-    pub application_name: Mutex<String>,
-    pub connect_time: SystemTime,
+    pub application_name: Mutex<Box<str>>,
+    /// Unix seconds when it connected.
+    pub connect_time: u64,
     state: AtomicU8,
     /// Unix microseconds when the current or last request began.
     request_time: AtomicU64,
@@ -281,22 +290,110 @@ pub struct ClientInfo {
     /// The socket, for keepalive read-back; valid while registered.
     pub fd: std::os::fd::RawFd,
     /// TLS version and cipher (None: plaintext).
-    pub tls: Option<String>,
+    pub tls: Option<Box<str>>,
     /// Transactions and queries it ran, added at each transaction's end
     /// (PgCat's per-client SHOW CLIENTS columns).
     pub xact_count: AtomicU64,
     pub query_count: AtomicU64,
     /// The longest it waited for a server connection, in microseconds.
     pub max_wait_us: AtomicU64,
+    /// What it does now, finer than `state`: see [`Activity`].
+    activity: AtomicU8,
+    /// Coarse milliseconds when `state` or `activity` last changed.
+    since_ms: AtomicU64,
+    /// The text of the query it runs now (truncated), only while it runs:
+    /// raw bytes, made text only when shown (no UTF-8 check per query).
+    query: Mutex<Option<Box<[u8]>>>,
 }
 
+/// What a client does, as `pg_stat_activity` would say it: the
+/// dashboard's and SHOW CLIENTS' `activity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Activity {
+    Idle = 0,
+    Waiting = 1,
+    /// A request is on the server.
+    Active = 2,
+    /// It holds a server inside a transaction, and runs nothing.
+    IdleInTransaction = 3,
+}
+
+impl Activity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Activity::Idle => "idle",
+            Activity::Waiting => "waiting",
+            Activity::Active => "active",
+            Activity::IdleInTransaction => "idle in transaction",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Activity::Waiting,
+            2 => Activity::Active,
+            3 => Activity::IdleInTransaction,
+            _ => Activity::Idle,
+        }
+    }
+}
+
+/// Longest query text kept per client, in bytes.
+pub const QUERY_TEXT_MAX: usize = 256;
+
 impl ClientInfo {
+    fn set_activity(&self, a: Activity) {
+        if self.activity.swap(a as u8, Ordering::Relaxed) != a as u8 {
+            self.since_ms.store(coarse_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// A request starts on the server: `text` is its query (or what
+    /// names it), cut to [`QUERY_TEXT_MAX`] bytes.
+    pub fn begin_query(&self, text: &[u8]) {
+        let cut: Box<[u8]> = text[..text.len().min(QUERY_TEXT_MAX)].into();
+        let before = self.query.lock().replace(cut);
+        drop(before);
+        self.set_activity(Activity::Active);
+    }
+
+    /// The request is answered; the client still holds its server when
+    /// `in_transaction` (or in session mode).
+    pub fn end_query(&self, in_transaction: bool) {
+        let done = self.query.lock().take();
+        drop(done);
+        self.set_activity(if in_transaction {
+            Activity::IdleInTransaction
+        } else {
+            Activity::Idle
+        });
+    }
+
+    pub fn activity(&self) -> Activity {
+        Activity::from_u8(self.activity.load(Ordering::Relaxed))
+    }
+
+    /// Coarse Unix milliseconds when the activity last changed.
+    pub fn activity_since_ms(&self) -> u64 {
+        self.since_ms.load(Ordering::Relaxed)
+    }
+
+    /// The query it runs now, as text (a cut in the middle of a
+    /// character or other invalid UTF-8 shows as U+FFFD).
+    pub fn query(&self) -> Option<String> {
+        let q = self.query.lock();
+        q.as_deref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    }
+
     pub fn set_waiting(&self) {
         let now = coarse_ms() * 1000;
         self.request_time.store(now, Ordering::Relaxed);
         self.wait_start.store(now, Ordering::Relaxed);
         self.state
             .store(ClientState::Waiting as u8, Ordering::Relaxed);
+        self.set_activity(Activity::Waiting);
     }
 
     /// The server connection the client holds (0: none).
@@ -313,6 +410,7 @@ impl ClientInfo {
         self.server.store(server, Ordering::Relaxed);
         self.state
             .store(ClientState::Active as u8, Ordering::Relaxed);
+        self.set_activity(Activity::Active);
     }
 
     pub fn set_idle(&self) {
@@ -320,6 +418,11 @@ impl ClientInfo {
         // SeqCst: see ServerInfo::begin_cancel.
         self.server.store(0, Ordering::SeqCst);
         self.state.store(ClientState::Idle as u8, Ordering::Relaxed);
+        if self.activity.load(Ordering::Relaxed) == Activity::Active as u8 {
+            let done = self.query.lock().take();
+            drop(done);
+        }
+        self.set_activity(Activity::Idle);
     }
 
     pub fn state(&self) -> ClientState {
@@ -522,18 +625,21 @@ impl Registry {
             db: c.db,
             user: c.user,
             admin: c.admin,
-            application_name: Mutex::new(c.application_name),
-            connect_time: SystemTime::now(),
+            application_name: Mutex::new(c.application_name.into()),
+            connect_time: now / 1_000_000,
             state: AtomicU8::new(ClientState::Idle as u8),
             request_time: AtomicU64::new(now),
             wait_start: AtomicU64::new(0),
             server: AtomicU64::new(0),
             kill: c.kill,
             fd: c.fd,
-            tls: c.tls,
+            tls: c.tls.map(Into::into),
             xact_count: AtomicU64::new(0),
             query_count: AtomicU64::new(0),
             max_wait_us: AtomicU64::new(0),
+            activity: AtomicU8::new(Activity::Idle as u8),
+            since_ms: AtomicU64::new(now / 1000),
+            query: Mutex::new(None),
         });
         self.clients.lock().insert(id, info.clone());
         (
@@ -614,6 +720,18 @@ impl Registry {
         n
     }
 
+    /// Ends the session of one client (not an admin console's); false
+    /// when there is no such client.
+    pub fn kill_client(&self, id: u64) -> bool {
+        match self.clients.lock().get(&id) {
+            Some(c) if !c.admin => {
+                c.kill.kill();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// At the start of a shutdown: wakes clients that sit idle between
     /// transactions, by closing the read side of their sockets, so that
     /// they are told and let go instead of waiting for their next query.
@@ -660,4 +778,16 @@ pub struct ReloadRecord {
     pub error: Option<String>,
     /// Pools (database names) rebuilt, added or removed.
     pub changed: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every connected client keeps one: with its `Arc` counts it stays
+    /// within the 272-byte heap chunk it took before the activity and
+    /// query text were added (an idle client's memory, issue 13).
+    #[test]
+    fn client_info_stays_small() {
+        let size = std::mem::size_of::<super::ClientInfo>();
+        assert!(size <= 248, "ClientInfo takes {size} bytes");
+    }
 }

@@ -55,6 +55,11 @@ pub struct PoolSnapshot {
     pub maxwait_us: u64,
     pub totals: Totals,
     pub averages: Averages,
+    /// Request durations since the pool's counters started, per bucket of
+    /// [`super::histogram::BOUNDS_US`] (not cumulative).
+    pub query_hist: Vec<u64>,
+    /// Waits for a server connection, the same way.
+    pub wait_hist: Vec<u64>,
     pub servers: Vec<PoolServerSnapshot>,
     pub mirrors: Vec<MirrorSnapshot>,
 }
@@ -82,6 +87,12 @@ pub struct ClientSnapshot {
     pub query_count: u64,
     /// The longest completed wait for a server, in microseconds.
     pub max_wait_us: u64,
+    /// idle, waiting, active, idle in transaction.
+    pub activity: &'static str,
+    /// How long it has been in that activity, in milliseconds.
+    pub activity_ms: u64,
+    /// The query it runs now, truncated; None when it runs none.
+    pub query: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -159,7 +170,7 @@ impl Snapshot {
                     port: c.peer.port(),
                     local_addr: c.local.ip().to_string(),
                     local_port: c.local.port(),
-                    connect_time_unix: unix_secs(c.connect_time),
+                    connect_time_unix: c.connect_time,
                     request_time_unix: c.request_time.load(Ordering::Relaxed) / 1_000_000,
                     wait_us: if state == ClientState::Waiting && wait_start > 0 {
                         now.saturating_sub(wait_start)
@@ -167,16 +178,19 @@ impl Snapshot {
                         0
                     },
                     server_id: c.server.load(Ordering::Relaxed),
-                    application_name: c.application_name.lock().clone(),
+                    application_name: c.application_name.lock().to_string(),
                     socket: if with_sockets {
                         read_socket(c.fd)
                     } else {
                         None
                     },
-                    tls: c.tls.clone(),
+                    tls: c.tls.as_deref().map(str::to_string),
                     xact_count: c.xact_count.load(Ordering::Relaxed),
                     query_count: c.query_count.load(Ordering::Relaxed),
                     max_wait_us: c.max_wait_us.load(Ordering::Relaxed),
+                    activity: c.activity().as_str(),
+                    activity_ms: (now / 1000).saturating_sub(c.activity_since_ms()),
+                    query: c.query(),
                 }
             })
             .collect();
@@ -261,6 +275,8 @@ impl Snapshot {
                     maxwait_us: cl.iter().map(|c| c.wait_us).max().unwrap_or(0),
                     totals: st.totals(),
                     averages: st.averages(),
+                    query_hist: st.query_latency.counts(),
+                    wait_hist: st.wait_latency.counts(),
                     servers: p
                         .shards
                         .iter()

@@ -1,7 +1,10 @@
 //! Drawing. One file per panel; each draws from the [`App`] alone, so
 //! panels can be tested with ratatui's `TestBackend` from fixed
-//! snapshots. The layout fits 80x24.
+//! snapshots. The layout fits 80x24 and gives a taller screen to the
+//! clients; tables size their columns to their content (`fit`).
 
+mod clients;
+pub mod fit;
 mod header;
 mod logs;
 mod mirrors;
@@ -17,74 +20,130 @@ use ratatui::Frame;
 
 use super::app::{App, Focus};
 
+pub use clients::draw as draw_clients;
 pub use header::draw as draw_header;
 pub use logs::draw as draw_logs;
 pub use mirrors::draw as draw_mirrors;
 pub use pools::draw as draw_pools;
 pub use servers::draw as draw_servers;
 
+/// Heights of the panels, top to bottom: header, pools, servers, clients,
+/// mirrors, log, footer. Each panel gets what it holds (rows, a header
+/// line, two borders) while there is room; servers and clients share
+/// what is left, clients taking the rest so that a taller screen shows
+/// more of them; the log is one line unless focused.
+pub fn heights(app: &App, height: u16) -> [u16; 7] {
+    let boxed = |rows: usize| rows.min(500) as u16 + 3;
+    let avail = height.saturating_sub(3);
+    let pools_want = boxed(app.visible_pools().len().max(1));
+    let mirrors_n = mirrors::count(app);
+    let servers_want = boxed(servers::count(app).max(1));
+    let clients_want = boxed(clients::count(app).max(1));
+    let log = if app.focus == Focus::Logs {
+        (avail / 2).max(3)
+    } else if height < 30 {
+        // A small screen keeps its rows for the tables (Tab shows it).
+        0
+    } else {
+        3
+    };
+    let mirrors = if mirrors_n == 0 && app.focus != Focus::Mirrors {
+        // No mirror: a line in the header's place would say as much.
+        0
+    } else {
+        boxed(mirrors_n.max(1)).min((avail / 5).max(4))
+    };
+    let pools = pools_want.min((avail / 3).max(4));
+    let rest = avail.saturating_sub(log + mirrors + pools);
+    let (servers, clients) = if servers_want + clients_want <= rest {
+        (servers_want, rest - servers_want)
+    } else {
+        let floor = if app.focus == Focus::Servers {
+            rest * 3 / 5
+        } else {
+            rest * 2 / 5
+        };
+        let servers = servers_want.min(floor.max(4)).min(rest);
+        (servers, rest - servers)
+    };
+    [2, pools, servers, clients, mirrors, log, 1]
+}
+
 /// Draws the whole dashboard.
 pub fn draw(frame: &mut Frame, app: &App) {
     let area = frame.area();
-    let pools = app.visible_pools().len().max(1) as u16;
-    let servers = app
-        .selected_pool()
-        .and_then(|p| {
-            app.snapshot.as_ref().map(|s| {
-                s.servers
-                    .iter()
-                    .filter(|x| x.db == p.db && x.user == p.user)
-                    .count()
-            })
-        })
-        .unwrap_or(0)
-        .max(1) as u16;
-    let mirrors = app
-        .selected_pool()
-        .map(|p| p.mirrors.len())
-        .unwrap_or(0)
-        .max(1) as u16;
+    let h = heights(app, area.height);
     let chunks = Layout::default()
         .direction(Direction::Vertical)
-        .constraints([
-            Constraint::Length(2),
-            Constraint::Length((pools + 3).min(8)),
-            Constraint::Length((servers + 3).min(7)),
-            Constraint::Length((mirrors + 3).min(5)),
-            Constraint::Min(3),
-            Constraint::Length(1),
-        ])
+        .constraints(h.map(Constraint::Length))
         .split(area);
     draw_header(frame, chunks[0], app);
     draw_pools(frame, chunks[1], app);
-    draw_servers(frame, chunks[2], app);
-    draw_mirrors(frame, chunks[3], app);
-    draw_logs(frame, chunks[4], app);
-    draw_footer(frame, chunks[5], app);
+    if h[2] > 0 {
+        draw_servers(frame, chunks[2], app);
+    }
+    if h[3] > 0 {
+        draw_clients(frame, chunks[3], app);
+    }
+    if h[4] > 0 {
+        draw_mirrors(frame, chunks[4], app);
+    }
+    if h[5] > 0 {
+        draw_logs(frame, chunks[5], app);
+    }
+    draw_footer(frame, chunks[6], app);
     if app.help {
         overlay::help(frame, area);
     }
     if let Some(edit) = &app.editing {
         overlay::edit(frame, area, app, edit);
     }
+    if let Some(c) = &app.confirm {
+        overlay::confirm(frame, area, c);
+    }
+}
+
+/// The keys of the focused panel, then the ones that work everywhere.
+pub fn footer_keys(app: &App) -> String {
+    let panel = match app.focus {
+        Focus::Pools => {
+            if app.selected.is_some() {
+                "↑↓ pool  Esc all  p pause  E set  / filter"
+            } else {
+                "↓ pick a pool  / filter"
+            }
+        }
+        Focus::Clients => "↑↓ client  k kill  s sort  / filter",
+        Focus::Servers | Focus::Mirrors | Focus::Logs => "↑↓ scroll",
+    };
+    let edit = if app.pending_edit.is_some() {
+        "e fix edit"
+    } else {
+        "e edit"
+    };
+    format!("{panel} │ Tab panel  r reload  {edit}  ? keys  q quit")
 }
 
 fn draw_footer(frame: &mut Frame, area: Rect, app: &App) {
     let line = if app.filtering {
+        let f = if app.focus == Focus::Clients {
+            &app.client_filter
+        } else {
+            &app.filter
+        };
         Line::from(vec![
             Span::styled("filter: ", Style::default().add_modifier(Modifier::BOLD)),
-            Span::raw(app.filter.clone()),
+            Span::raw(f.clone()),
             Span::styled("_", Style::default().add_modifier(Modifier::SLOW_BLINK)),
+            Span::styled(
+                "  Enter keeps it, Esc clears it",
+                Style::default().fg(Color::DarkGray),
+            ),
         ])
     } else {
-        let edit = if app.pending_edit.is_some() {
-            " e:fix edit"
-        } else {
-            " e:edit"
-        };
-        let mut hint = format!("q:quit r:reload{edit} E:set p:pause /:filter Tab:panel ?:help");
+        let mut hint = footer_keys(app);
         if !app.filter.is_empty() {
-            hint.push_str(&format!("  [filter: {}]", app.filter));
+            hint.push_str(&format!("  [pools: {}]", app.filter));
         }
         Line::from(Span::styled(hint, Style::default().fg(Color::DarkGray)))
     };

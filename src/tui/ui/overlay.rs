@@ -7,7 +7,7 @@ use ratatui::widgets::{Clear, Paragraph};
 use ratatui::Frame;
 
 use super::block;
-use crate::tui::app::{App, Field, InPlaceEdit};
+use crate::tui::app::{App, ConfirmKill, Field, InPlaceEdit};
 use crate::tui::keys::HELP;
 
 fn centered(area: Rect, width: u16, height: u16) -> Rect {
@@ -21,10 +21,25 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
     }
 }
 
+/// Asks before `k` ends a client.
+pub fn confirm(frame: &mut Frame, area: Rect, c: &ConfirmKill) {
+    let lines = vec![
+        Line::from(format!("End client {}?", c.who)),
+        Line::from("Its connection closes at once; a transaction it has open rolls back."),
+        Line::styled(
+            "y: end it    any other key: keep it",
+            Style::default().add_modifier(Modifier::BOLD),
+        ),
+    ];
+    let r = centered(area, 76, lines.len() as u16 + 2);
+    frame.render_widget(Clear, r);
+    frame.render_widget(Paragraph::new(lines).block(block("Kill client", true)), r);
+}
+
 pub fn help(frame: &mut Frame, area: Rect) {
     let lines: Vec<Line> = HELP
         .iter()
-        .map(|(k, v)| Line::from(format!("{k:>8}  {v}")))
+        .map(|(k, v)| Line::from(format!("{k:>9}  {v}")))
         .collect();
     let r = centered(area, 76, lines.len() as u16 + 2);
     frame.render_widget(Clear, r);
