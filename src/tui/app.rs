@@ -161,10 +161,6 @@ pub struct Message {
 
 pub struct App {
     pub snapshot: Option<Snapshot>,
-    /// Previous totals, for queries and transactions per second.
-    previous: Option<(Instant, u64, u64)>,
-    pub qps: f64,
-    pub tps: f64,
     /// The pool picked with the arrows; None: all pools.
     pub selected: Option<usize>,
     pub focus: Focus,
@@ -204,9 +200,6 @@ impl App {
     pub fn new(logs: LogBuffer, config_path: Option<PathBuf>, remote: bool) -> Self {
         App {
             snapshot: None,
-            previous: None,
-            qps: 0.0,
-            tps: 0.0,
             selected: None,
             focus: Focus::Pools,
             scroll: 0,
@@ -233,16 +226,6 @@ impl App {
     /// Takes a new snapshot: rates, lag history, selection bounds.
     pub fn update(&mut self, snapshot: Snapshot) {
         let now = Instant::now();
-        let queries: u64 = snapshot.pools.iter().map(|p| p.totals.query_count).sum();
-        let xacts: u64 = snapshot.pools.iter().map(|p| p.totals.xact_count).sum();
-        if let Some((t, q, x)) = self.previous {
-            let secs = now.duration_since(t).as_secs_f64();
-            if secs > 0.0 {
-                self.qps = queries.saturating_sub(q) as f64 / secs;
-                self.tps = xacts.saturating_sub(x) as f64 / secs;
-            }
-        }
-        self.previous = Some((now, queries, xacts));
         for p in &snapshot.pools {
             for m in &p.mirrors {
                 let key = mirror_key(p, m);
@@ -273,6 +256,15 @@ impl App {
         }
         let c = self.visible_clients().len();
         self.client_selected = self.client_selected.min(c.saturating_sub(1));
+    }
+
+    /// Queries and transactions per second of every pool together, as
+    /// of the last refresh.
+    pub fn rates(&self) -> (u64, u64) {
+        let last = |v: &VecDeque<u64>| v.back().copied().unwrap_or(0);
+        self.history
+            .values()
+            .fold((0, 0), |(q, x), h| (q + last(&h.qps), x + last(&h.tps)))
     }
 
     /// The history of one pool, when it has one.
@@ -627,6 +619,7 @@ impl PoolHistory {
     }
 
     /// Sets the rates directly (fixtures).
+    #[cfg(test)]
     pub fn with_rates(tps: &[u64], qps: &[u64]) -> PoolHistory {
         PoolHistory {
             tps: tps.iter().copied().collect(),

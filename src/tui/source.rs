@@ -410,17 +410,15 @@ fn ms_to_us(row: &Row, key: &str) -> Option<u32> {
 
 /// One pool's histogram of `kind` from SHOW LATENCY's rows.
 fn histogram(rows: &[Row], db: &str, user: &str, kind: &str) -> Vec<u64> {
-    use crate::proxy::stats::histogram::{BOUNDS_US, BUCKETS};
+    use crate::proxy::stats::histogram::{bucket_of, BUCKETS};
     let mut counts = vec![0u64; BUCKETS];
     for r in rows
         .iter()
         .filter(|r| get(r, "database") == db && get(r, "user") == user && get(r, "kind") == kind)
     {
-        let i = match get(r, "le_us").parse::<u64>() {
-            Ok(le) => BOUNDS_US.partition_point(|&b| b < le),
-            Err(_) => BUCKETS - 1,
-        };
-        counts[i.min(BUCKETS - 1)] += num::<u64>(r, "count");
+        // `+Inf` (no number) is the last bucket.
+        let le = get(r, "le_us").parse::<u64>().unwrap_or(u64::MAX);
+        counts[bucket_of(le)] += num::<u64>(r, "count");
     }
     counts
 }

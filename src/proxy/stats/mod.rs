@@ -299,7 +299,7 @@ pub struct ClientInfo {
     pub max_wait_us: AtomicU64,
     /// What it does now, finer than `state`: see [`Activity`].
     activity: AtomicU8,
-    /// Coarse milliseconds when `state` or `activity` last changed.
+    /// Coarse Unix milliseconds when `activity` last changed.
     since_ms: AtomicU64,
     /// The text of the query it runs now (truncated), only while it runs:
     /// raw bytes, made text only when shown (no UTF-8 check per query).

@@ -52,13 +52,12 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         ),
     };
     let clients = s.clients.iter().filter(|c| !c.admin).count();
+    let (qps, tps) = app.rates();
     let mut second = vec![
         reload,
         Span::raw(format!(
-            "  cl {clients} sv {}  {:.0} q/s {:.0} tx/s",
-            s.servers.len(),
-            app.qps,
-            app.tps
+            "  cl {clients} sv {}  {qps} q/s {tps} tx/s",
+            s.servers.len()
         )),
     ];
     // The certificate that expires first: red within a week.
