@@ -396,3 +396,69 @@ async fn a_reload_that_fails_closes_a_pgcat_console_and_answers_a_pgbouncer_one(
     client.simple_query("SELECT 1").await.unwrap();
     proxy.stop().await;
 }
+
+/// Session mode: a session that changed settings ends with PgCat's
+/// `RESET ROLE; RESET ALL` (then DISCARD ALL, PgBouncer's reset); one that
+/// changed none gets no RESET. PgCat's suite counts both in
+/// pg_stat_statements (misc_spec "Does not send RESET ALL unless
+/// necessary", "Resets server roles correctly").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_resets_settings_only_after_a_session_that_set_some() {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_db("scram-sha-256");
+    let mut spec = PoolSpec::new(&db);
+    spec.mode = "session";
+    spec.pool_size = 2;
+    let proxy = TestProxy::start(&config_text("", &[spec])).await;
+    let calls = |q: &str| cluster.statement_calls(&db.name, q);
+    let (reset_all, reset_role, discard) = (
+        calls("RESET ALL"),
+        calls("RESET ROLE"),
+        calls("DISCARD ALL"),
+    );
+    for _ in 0..4 {
+        let client = proxy.connect(&db).await;
+        client.simple_query("SELECT 1").await.unwrap();
+        drop(client);
+    }
+    // The DISCARD ALL of the last session may still be on its way.
+    let wait_for = |q: &'static str, want: i64| {
+        let calls = &calls;
+        async move {
+            for _ in 0..100 {
+                if calls(q) >= want {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            calls(q)
+        }
+    };
+    assert_eq!(wait_for("DISCARD ALL", discard + 4).await, discard + 4);
+    assert_eq!(calls("RESET ALL"), reset_all);
+    assert_eq!(calls("RESET ROLE"), reset_role);
+    for n in 1..=3 {
+        let client = proxy.connect(&db).await;
+        client.simple_query("SELECT 1").await.unwrap();
+        client
+            .simple_query("SET statement_timeout TO 5000")
+            .await
+            .unwrap();
+        drop(client);
+        assert_eq!(
+            wait_for("DISCARD ALL", discard + 4 + n).await,
+            discard + 4 + n
+        );
+        assert_eq!(calls("RESET ALL"), reset_all + n);
+        assert_eq!(calls("RESET ROLE"), reset_role + n);
+    }
+    // The next session starts from the pool's defaults.
+    let client = proxy.connect(&db).await;
+    let rows = client.simple_query("SHOW statement_timeout").await.unwrap();
+    let value = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(value.as_deref(), Some("0"));
+    proxy.stop().await;
+}

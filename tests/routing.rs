@@ -254,6 +254,42 @@ async fn a_transaction_is_never_split() {
     proxy.stop().await;
 }
 
+/// pgcat's own queries at a login (settings read back, parameters to
+/// report) go to the primary when any server may take the pool's
+/// queries, so no replica holds a connection no client query asked for.
+/// (PgCat's suite takes replicas down behind a proxy that lets queries
+/// in and no answer out, then counts the queries each replica ran: a
+/// login's idle connection there would carry the first one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_open_no_connection_on_a_replica() {
+    let p = pair();
+    for mode in ["random", "loc"] {
+        let proxy = TestProxy::start(&config(
+            &p.db,
+            &servers(&p),
+            &format!("load_balancing_mode = \"{mode}\""),
+            "",
+        ))
+        .await;
+        let mut clients = Vec::new();
+        // Each with settings of its own: each is read back on a server.
+        for i in 0..8 {
+            let conn = format!(
+                "{} options='-c work_mem={}kB'",
+                proxy.conn_str(&p.db),
+                64 + i
+            );
+            clients.push(connect(&conn).await);
+        }
+        assert!(p.primary.backends(&p.db.name, &p.db.user) >= 1, "{mode}");
+        assert_eq!(p.replica.backends(&p.db.name, &p.db.user), 0, "{mode}");
+        // Queries still spread.
+        let seen = tally(&clients[0], 60).await;
+        assert!(seen.contains_key(&p.replica.port), "{mode}: {seen:?}");
+        proxy.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_balancing_modes() {
     let p = pair();

@@ -243,6 +243,27 @@ impl UserPool {
         self.checkout_to(None, role).await
     }
 
+    /// A server connection for pgcat's own queries at a client's first
+    /// login (settings read back, parameters to report). When the
+    /// default role lets any server take it, the primary, as PgCat reads
+    /// a pool's parameters from its first server: a replica then never
+    /// holds a connection that no client query asked for. Any server when
+    /// the primary cannot take it.
+    pub async fn checkout_for_login(&self) -> Result<PooledServer, CheckoutError> {
+        if self.settings.default_role == crate::proxy::config::DefaultRole::Any {
+            let shard = self.default_shard();
+            let primary_up = self.shards[shard]
+                .iter()
+                .any(|s| s.role() == KnownRole::Primary && !s.is_banned());
+            if primary_up {
+                if let Ok(conn) = self.checkout_to(Some(shard), RoleRequest::Primary).await {
+                    return Ok(conn);
+                }
+            }
+        }
+        self.checkout().await
+    }
+
     /// Hands out a server connection of `role` in `shard` (None: the
     /// default shard), waiting first while the pool is paused.
     pub async fn checkout_to(

@@ -567,7 +567,7 @@ async fn login_settings(
     if let Some(known) = pool.known_login(&startup) {
         return Ok(known);
     }
-    let mut server = pool.checkout().await?;
+    let mut server = pool.checkout_for_login().await?;
     let target = Settings::from_pairs(startup.clone());
     if let Some(sql) = apply_sql(&server.settings, &target) {
         match super::state::own_query(&mut server, &sql).await {

@@ -579,6 +579,11 @@ impl Session {
                     }
                     held.effects |= effects;
                 }
+                // Session mode only notes that settings changed, for the
+                // reset at the end of the session.
+                b'C' if body.starts_with(b"SET\0") || body.starts_with(b"RESET\0") => {
+                    held.effects |= Effects::SETTINGS;
+                }
                 b'S' => {
                     if let Ok((k, v)) = messages::parse_parameter_status(body) {
                         if k == "application_name" {

@@ -174,6 +174,16 @@ impl Session {
         }
         let discard = self.mode == PoolMode::Session;
         if discard {
+            // DISCARD ALL resets every setting too. `RESET ROLE; RESET ALL`
+            // first, when the session changed settings, is what PgCat
+            // sends there, and what its users (and its test suite) count
+            // in pg_stat_statements.
+            if std::mem::take(&mut self.held.effects).contains(Effects::SETTINGS) {
+                if let Err(e) = server.run("RESET ROLE; RESET ALL", CLEANUP_TIMEOUT).await {
+                    tracing::debug!(error = %e, "RESET ALL failed; closing server connection");
+                    return;
+                }
+            }
             if let Err(e) = server.run("DISCARD ALL", CLEANUP_TIMEOUT).await {
                 tracing::debug!(error = %e, "DISCARD ALL failed; closing server connection");
                 return;
