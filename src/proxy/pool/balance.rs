@@ -153,7 +153,7 @@ impl UserPool {
 
     /// The servers a transaction for `role` in `shard` may go to, in the
     /// order they are tried.
-    fn candidates(&self, shard: usize, role: RoleRequest) -> Vec<Arc<ServerPool>> {
+    fn candidates(&self, shard: usize, role: RoleRequest) -> Candidates<'_> {
         let servers = &self.shards[shard];
         // One server (the common case) that can take it: nothing to weigh.
         if let [only] = &servers[..] {
@@ -164,7 +164,7 @@ impl UserPool {
                 (RoleRequest::Primary, KnownRole::Replica) => false,
             };
             if fits && !only.is_banned() {
-                return vec![only.clone()];
+                return smallvec::smallvec![only];
             }
         }
         let lag_ok = |s: &ServerPool| match self.settings.replica_max_lag {
@@ -173,23 +173,23 @@ impl UserPool {
             }
             _ => true,
         };
-        let pick = |f: &dyn Fn(&ServerPool) -> bool| -> Vec<Arc<ServerPool>> {
-            servers.iter().filter(|s| f(s)).cloned().collect()
+        let pick = |f: &dyn Fn(&ServerPool) -> bool| -> Candidates<'_> {
+            servers.iter().filter(|s| f(s)).collect()
         };
         // `first` are weighed by the balancing mode; `last` are the
         // fallback: a read no replica can take goes to the primary.
         let (mut first, last) = match role {
             RoleRequest::Any => (
                 pick(&|s| s.role() != KnownRole::Unknown && !s.is_banned() && lag_ok(s)),
-                Vec::new(),
+                Candidates::new(),
             ),
             RoleRequest::Primary => (
                 pick(&|s| s.role() == KnownRole::Primary && !s.is_banned()),
-                Vec::new(),
+                Candidates::new(),
             ),
             RoleRequest::Replica => (
                 pick(&|s| s.role() == KnownRole::Replica && !s.is_banned() && lag_ok(s)),
-                Vec::new(),
+                Candidates::new(),
             ),
             RoleRequest::Read => (
                 pick(&|s| s.role() == KnownRole::Replica && !s.is_banned() && lag_ok(s)),
@@ -286,13 +286,19 @@ impl UserPool {
         if candidates.is_empty() && self.has_unknown_roles() {
             // Roles not found yet (just started, or a failover under way):
             // wait for the monitor's next look, within connect_timeout.
-            let mut rx = self.monitored.subscribe();
-            let seen = *rx.borrow_and_update();
-            let deadline = tokio::time::Instant::now() + self.settings.connect_timeout;
-            while candidates.is_empty() && tokio::time::Instant::now() < deadline {
-                let _ = tokio::time::timeout_at(deadline, rx.wait_for(|&r| r > seen)).await;
-                candidates = self.candidates(shard, role);
-            }
+            // Boxed: rare, and kept out of every checkout's future.
+            candidates = Box::pin(async {
+                let mut rx = self.monitored.subscribe();
+                let seen = *rx.borrow_and_update();
+                let deadline = tokio::time::Instant::now() + self.settings.connect_timeout;
+                let mut candidates = candidates;
+                while candidates.is_empty() && tokio::time::Instant::now() < deadline {
+                    let _ = tokio::time::timeout_at(deadline, rx.wait_for(|&r| r > seen)).await;
+                    candidates = self.candidates(shard, role);
+                }
+                candidates
+            })
+            .await;
         }
         if candidates.is_empty() {
             PoolStats::add(&self.state.stats.errors, 1);
@@ -306,7 +312,7 @@ impl UserPool {
         // With one server, a ban would only refuse clients for ban_time
         // after it is back.
         let several = self.shards[shard].len() > 1;
-        for server in &candidates {
+        for &server in &candidates {
             match self.checkout_from(server).await {
                 Ok(conn) => {
                     let waited = started.elapsed().as_micros() as u64;
@@ -362,49 +368,45 @@ impl UserPool {
 
     /// One server's connection: a permit (FIFO among waiters), then bb8.
     async fn checkout_from(&self, server: &Arc<ServerPool>) -> Result<PooledServer, Attempt> {
-        let deadline = self.settings.connect_timeout;
         // A permit free at once needs no timer of ours: bb8 bounds its own
-        // wait by connect_timeout.
+        // wait by connect_timeout. This path lives inline in every
+        // request's future, so it stays small; a wait for a permit is
+        // boxed (it costs a wakeup anyway).
         let ready = server.slot.semaphore.clone().try_acquire_owned().ok();
-        let timed = ready.is_none();
         let got_permit = std::sync::atomic::AtomicBool::new(ready.is_some());
-        let attempt = async {
-            let permit = match ready {
-                Some(p) => p,
-                None => {
-                    let p = server
-                        .slot
-                        .semaphore
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("pool semaphore is never closed");
-                    got_permit.store(true, Ordering::Relaxed);
-                    p
-                }
-            };
-            let mut guard = PooledServer {
-                conn: None,
-                permit: Some(permit),
-                slot: server.slot.clone(),
-            };
-            let conn = server.pool.get_owned().await?;
-            guard.conn = Some(conn);
-            Ok::<_, bb8::RunError<ServerError>>(guard)
-        };
         // Biased: an idle connection is taken on the first poll, before the
         // retirement signal registers a waiter.
-        let got = if timed {
-            tokio::select! {
-                biased;
-                r = tokio::time::timeout(deadline, attempt) => r.unwrap_or(Err(bb8::RunError::TimedOut)),
-                _ = self.retired_signal.cancelled() => return Err(Attempt::Retired),
+        let got = match ready {
+            Some(permit) => {
+                tokio::select! {
+                    biased;
+                    r = with_permit(server, permit) => r,
+                    _ = self.retired_signal.cancelled() => return Err(Attempt::Retired),
+                }
             }
-        } else {
-            tokio::select! {
-                biased;
-                r = attempt => r,
-                _ = self.retired_signal.cancelled() => return Err(Attempt::Retired),
+            None => {
+                let deadline = self.settings.connect_timeout;
+                let wait = Box::pin(async {
+                    tokio::select! {
+                        biased;
+                        r = tokio::time::timeout(deadline, async {
+                            let permit = server
+                                .slot
+                                .semaphore
+                                .clone()
+                                .acquire_owned()
+                                .await
+                                .expect("pool semaphore is never closed");
+                            got_permit.store(true, Ordering::Relaxed);
+                            with_permit(server, permit).await
+                        }) => Some(r.unwrap_or(Err(bb8::RunError::TimedOut))),
+                        _ = self.retired_signal.cancelled() => None,
+                    }
+                });
+                match wait.await {
+                    Some(r) => r,
+                    None => return Err(Attempt::Retired),
+                }
             }
         };
         match got {
@@ -531,6 +533,24 @@ async fn look(server: &ServerPool, conn: &mut Option<Box<super::Backend>>) -> Op
     let in_recovery = row.first()?.as_deref()? == "true";
     let lag = row.get(1)?.as_deref()?.parse().ok()?;
     Some((in_recovery, lag))
+}
+
+/// The servers a checkout may try, in order: no allocation for up to
+/// four (a shard's primary and replicas, usually).
+type Candidates<'a> = smallvec::SmallVec<[&'a Arc<ServerPool>; 4]>;
+
+/// A connection from bb8 for the holder of `permit`.
+async fn with_permit(
+    server: &ServerPool,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<PooledServer, bb8::RunError<ServerError>> {
+    let mut guard = PooledServer {
+        conn: None,
+        permit: Some(permit),
+        slot: server.slot.clone(),
+    };
+    guard.conn = Some(server.pool.get_owned().await?);
+    Ok(guard)
 }
 
 #[cfg(test)]

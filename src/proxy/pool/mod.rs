@@ -270,7 +270,10 @@ impl bb8::ManageConnection for ServerManager {
         if now.saturating_sub(conn.last_used) < self.healthcheck_delay.as_millis() as u64 {
             return Ok(());
         }
-        conn.run(";", self.healthcheck_timeout).await?;
+        // Boxed: bb8 keeps this future inside every checkout's, which the
+        // session keeps inside each request's; the common case, above,
+        // should not carry the round trip's state.
+        Box::pin(conn.run(";", self.healthcheck_timeout)).await?;
         conn.last_used = now;
         Ok(())
     }

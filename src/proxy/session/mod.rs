@@ -690,13 +690,31 @@ impl Session {
                     // back or cleans what the transaction changed before
                     // anyone else gets this server.
                     let flushed = self.flush_client().await;
-                    self.settle_session_state(&mut server).await;
+                    Box::pin(self.settle_session_state(&mut server)).await;
                     drop(server);
                     if flushed.is_err() {
                         return Some(SessionEnd::ClientGone);
                     }
                 }
             }
+            outcome => {
+                // Everything but a clean release is rare: kept out of
+                // every request's future.
+                return Box::pin(self.after_pump(server, outcome)).await;
+            }
+        }
+        None
+    }
+
+    /// The end of a pump that did not release its server cleanly.
+    async fn after_pump(
+        &mut self,
+        mut server: PooledServer,
+        outcome: Outcome,
+    ) -> Option<SessionEnd> {
+        match outcome {
+            // Not reached (serve handles it); cleaning is the safe answer.
+            Outcome::Released => self.give_back(server).await,
             Outcome::ClientGone => {
                 return Some(self.end(server, SessionEnd::ClientGone).await);
             }
@@ -805,7 +823,7 @@ impl Session {
                     "pool for database \"{}\" user \"{}\" was removed from the config",
                     self.db, self.user
                 );
-                self.fatal("08006", &msg).await;
+                Box::pin(self.fatal("08006", &msg)).await;
                 Err(SessionEnd::PoolRemoved(msg))
             }
         }
@@ -836,7 +854,7 @@ impl Session {
         if let Err(e) = self.enter(&mut server).await {
             let msg = format!("could not apply client settings on the server: {e}");
             self.info.set_idle();
-            self.fatal("08006", &msg).await;
+            Box::pin(self.fatal("08006", &msg)).await;
             return Ok(Err(SessionEnd::ServerFailed(msg)));
         }
         Ok(Ok(server))

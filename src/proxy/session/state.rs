@@ -54,7 +54,8 @@ impl Session {
     pub(super) async fn enter(&mut self, server: &mut PooledServer) -> Result<(), ServerError> {
         if !Settings::same(&self.cs.settings, &server.settings) {
             if let Some(sql) = apply_sql(&server.settings, &self.cs.settings) {
-                own_query(server, &sql).await?;
+                // Boxed: kept out of every checkout's future.
+                Box::pin(own_query(server, &sql)).await?;
             }
             server.settings = self.cs.settings.clone();
         }
