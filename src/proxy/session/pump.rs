@@ -581,7 +581,7 @@ impl Session {
                 }
                 // Session mode only notes that settings changed, for the
                 // reset at the end of the session.
-                b'C' if body.starts_with(b"SET\0") || body.starts_with(b"RESET\0") => {
+                b'C' if Effects::of_tag(body).contains(Effects::SETTINGS) => {
                     held.effects |= Effects::SETTINGS;
                 }
                 b'S' => {
