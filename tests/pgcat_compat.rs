@@ -422,19 +422,13 @@ async fn session_mode_resets_settings_only_after_a_session_that_set_some() {
         drop(client);
     }
     // The DISCARD ALL of the last session may still be on its way.
-    let wait_for = |q: &'static str, want: i64| {
-        let calls = &calls;
-        async move {
-            for _ in 0..100 {
-                if calls(q) >= want {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            calls(q)
-        }
+    let discards_reach = |want: i64| {
+        eventually(Duration::from_secs(5), "DISCARD ALL count", move || {
+            calls("DISCARD ALL") >= want
+        })
     };
-    assert_eq!(wait_for("DISCARD ALL", discard + 4).await, discard + 4);
+    discards_reach(discard + 4).await;
+    assert_eq!(calls("DISCARD ALL"), discard + 4);
     assert_eq!(calls("RESET ALL"), reset_all);
     assert_eq!(calls("RESET ROLE"), reset_role);
     for n in 1..=3 {
@@ -445,10 +439,8 @@ async fn session_mode_resets_settings_only_after_a_session_that_set_some() {
             .await
             .unwrap();
         drop(client);
-        assert_eq!(
-            wait_for("DISCARD ALL", discard + 4 + n).await,
-            discard + 4 + n
-        );
+        discards_reach(discard + 4 + n).await;
+        assert_eq!(calls("DISCARD ALL"), discard + 4 + n);
         assert_eq!(calls("RESET ALL"), reset_all + n);
         assert_eq!(calls("RESET ROLE"), reset_role + n);
     }
