@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use rand::seq::SliceRandom;
 use rand::Rng;
 
+use super::slot::Take;
 use super::{CheckoutError, PoolStats, PooledServer, ServerPool, UserPool};
 use crate::proxy::config::{LoadBalancingMode, Role};
 use crate::proxy::router::RoleRequest;
@@ -366,54 +367,66 @@ impl UserPool {
         })
     }
 
-    /// One server's connection: a permit (FIFO among waiters), then bb8.
+    /// One server's connection: a warm one at once, or a permit (FIFO
+    /// among waiters) and then bb8, or one handed over by a client done
+    /// with it.
     async fn checkout_from(&self, server: &Arc<ServerPool>) -> Result<PooledServer, Attempt> {
-        // A permit free at once needs no timer of ours: bb8 bounds its own
-        // wait by connect_timeout. This path lives inline in every
-        // request's future, so it stays small; a wait for a permit is
-        // boxed (it costs a wakeup anyway).
-        let ready = server.slot.semaphore.clone().try_acquire_owned().ok();
-        let got_permit = std::sync::atomic::AtomicBool::new(ready.is_some());
-        // Biased: an idle connection is taken on the first poll, before the
-        // retirement signal registers a waiter.
-        let got = match ready {
-            Some(permit) => {
-                tokio::select! {
-                    biased;
-                    r = with_permit(server, permit) => r,
-                    _ = self.retired_signal.cancelled() => return Err(Attempt::Retired),
-                }
-            }
-            None => {
-                let deadline = self.settings.connect_timeout;
-                let wait = Box::pin(async {
+        let timeout_ms = self.settings.connect_timeout.as_millis() as u64;
+        let got = match server
+            .slot
+            .take(server.gen, self.settings.server_round_robin, timeout_ms)
+        {
+            Take::Now(guard) if guard.conn.is_some() => return Ok(guard),
+            // A permit free at once, without a warm connection: bb8 bounds
+            // its own wait by connect_timeout. Biased: an idle connection
+            // is taken on the first poll, before the retirement signal
+            // registers a waiter. Boxed: bb8's get is the largest future
+            // there is, and a warm connection usually spares it.
+            Take::Now(guard) => {
+                let get = Box::pin(async {
                     tokio::select! {
                         biased;
-                        r = tokio::time::timeout(deadline, async {
-                            let permit = server
-                                .slot
-                                .semaphore
-                                .clone()
-                                .acquire_owned()
-                                .await
-                                .expect("pool semaphore is never closed");
-                            got_permit.store(true, Ordering::Relaxed);
-                            with_permit(server, permit).await
-                        }) => Some(r.unwrap_or(Err(bb8::RunError::TimedOut))),
+                        r = with_permit(server, guard) => Some(r),
                         _ = self.retired_signal.cancelled() => None,
                     }
                 });
-                match wait.await {
+                match get.await {
                     Some(r) => r,
                     None => return Err(Attempt::Retired),
                 }
             }
+            // The slot ends the wait at connect_timeout (its one timer
+            // serves every waiter): no timer per wait.
+            Take::Wait(grant) => match grant.await {
+                Ok(guard) if self.is_retired() => {
+                    drop(guard);
+                    return Err(Attempt::Retired);
+                }
+                Ok(guard) if guard.conn.is_some() => return Ok(guard),
+                // A permit without a connection: bb8 opens one. Boxed:
+                // rare, and bb8's get is the largest future there is.
+                Ok(guard) => {
+                    let deadline = self.settings.connect_timeout;
+                    let get = Box::pin(async {
+                        tokio::select! {
+                            biased;
+                            r = tokio::time::timeout(deadline, with_permit(server, guard)) => {
+                                Some(r.unwrap_or(Err(bb8::RunError::TimedOut)))
+                            }
+                            _ = self.retired_signal.cancelled() => None,
+                        }
+                    });
+                    match get.await {
+                        Some(r) => r,
+                        None => return Err(Attempt::Retired),
+                    }
+                }
+                Err(_) if self.is_retired() => return Err(Attempt::Retired),
+                Err(_) => return Err(Attempt::Busy),
+            },
         };
         match got {
             Ok(conn) => Ok(conn),
-            // Without a permit the pool was busy, which says nothing
-            // against the server.
-            Err(_) if !got_permit.load(Ordering::Relaxed) => Err(Attempt::Busy),
             Err(bb8::RunError::User(e)) => Err(Attempt::Failed(Some(e))),
             Err(bb8::RunError::TimedOut) if server.last_error().is_some() => {
                 Err(Attempt::Failed(None))
@@ -539,16 +552,11 @@ async fn look(server: &ServerPool, conn: &mut Option<Box<super::Backend>>) -> Op
 /// four (a shard's primary and replicas, usually).
 type Candidates<'a> = smallvec::SmallVec<[&'a Arc<ServerPool>; 4]>;
 
-/// A connection from bb8 for the holder of `permit`.
+/// A connection from bb8 for the holder of a permit.
 async fn with_permit(
     server: &ServerPool,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    mut guard: PooledServer,
 ) -> Result<PooledServer, bb8::RunError<ServerError>> {
-    let mut guard = PooledServer {
-        conn: None,
-        permit: Some(permit),
-        slot: server.slot.clone(),
-    };
     guard.conn = Some(server.pool.get_owned().await?);
     Ok(guard)
 }

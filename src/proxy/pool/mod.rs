@@ -7,7 +7,7 @@
 //!
 //! A reload replaces a `UserPool` whose config hash changed. What must
 //! outlive the replacement lives in [`PoolState`]: the counters, the pause
-//! flag, and one FIFO semaphore per server whose permits bound the
+//! flag, and one `Slot` per server whose FIFO permits bound the
 //! connections in use by *all* generations of the pool together. A
 //! replaced pool is retired: its idle connections close at once, busy
 //! ones when their client is done.
@@ -19,10 +19,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use rand::Rng;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 
 pub mod auth_query;
 mod balance;
+mod slot;
+
+use slot::Slot;
 
 pub use balance::KnownRole;
 
@@ -83,63 +86,18 @@ impl PoolState {
     fn slot(&self, address: &ServerAddress, size: usize) -> Arc<Slot> {
         let key = (address.host.clone(), address.port, address.database.clone());
         let mut slots = self.slots.lock();
-        let slot = slots.entry(key).or_insert_with(|| {
-            Arc::new(Slot {
-                semaphore: Arc::new(Semaphore::new(0)),
-                size: Mutex::new(0),
-                debt: AtomicUsize::new(0),
-            })
-        });
+        let slot = slots.entry(key).or_insert_with(|| Arc::new(Slot::new()));
         slot.resize(size);
         slot.clone()
     }
 }
 
-/// Permits for one server. Shrinking cannot take back permits in use, so
-/// it records a debt that returning permits pay off.
-#[derive(Debug)]
-struct Slot {
-    semaphore: Arc<Semaphore>,
-    size: Mutex<usize>,
-    debt: AtomicUsize,
-}
-
-impl Slot {
-    fn resize(&self, new: usize) {
-        let mut size = self.size.lock();
-        if new > *size {
-            let mut grow = new - *size;
-            let debt = self.debt.load(Ordering::Relaxed);
-            let paid = debt.min(grow);
-            self.debt.fetch_sub(paid, Ordering::Relaxed);
-            grow -= paid;
-            self.semaphore.add_permits(grow);
-        } else if new < *size {
-            let cut = *size - new;
-            let taken = self.semaphore.forget_permits(cut);
-            self.debt.fetch_add(cut - taken, Ordering::Relaxed);
-        }
-        *size = new;
-    }
-
-    fn release(&self, permit: OwnedSemaphorePermit) {
-        let paid = self
-            .debt
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1))
-            .is_ok();
-        if paid {
-            permit.forget();
-        }
-    }
-}
-
-/// A checked-out server connection. bb8 hands a released connection to
-/// whichever task asks first, so a client that releases and asks again at
-/// once would starve clients already waiting; the FIFO semaphore in front
-/// of it queues checkouts fairly.
+/// A checked-out server connection, or (while a checkout asks bb8 for
+/// one) the permit alone. Dropping it gives both back to the server's
+/// `Slot`: to the first waiter, else warm.
 pub struct PooledServer {
-    conn: Option<bb8::PooledConnection<'static, ServerManager>>,
-    permit: Option<OwnedSemaphorePermit>,
+    conn: Option<slot::Conn>,
+    holds_permit: bool,
     slot: Arc<Slot>,
 }
 
@@ -148,12 +106,25 @@ impl Drop for PooledServer {
         if let Some(conn) = self.conn.as_ref() {
             conn.server.info.set_state(ServerState::Idle, 0);
         }
-        // The connection is back in bb8 before the permit lets the next
-        // waiter ask for it.
-        drop(self.conn.take());
-        if let Some(p) = self.permit.take() {
-            self.slot.release(p);
+        if std::mem::take(&mut self.holds_permit) {
+            self.slot.give_back(self.conn.take());
         }
+    }
+}
+
+impl PooledServer {
+    fn permit_only(slot: Arc<Slot>) -> PooledServer {
+        PooledServer {
+            conn: None,
+            holds_permit: true,
+            slot,
+        }
+    }
+
+    /// Lets go of the permit without giving it back (the caller already
+    /// holds the slot's lock and keeps the count itself).
+    fn forget_permit(&mut self) {
+        self.holds_permit = false;
     }
 }
 
@@ -185,6 +156,30 @@ impl PooledServer {
 pub struct Backend {
     pub server: Server,
     pub mirrors: Vec<MirrorHandle>,
+    /// The pool generation that opened it (see [`ServerPool::gen`]).
+    gen: usize,
+    /// That generation's retirement flag.
+    retired: Arc<AtomicBool>,
+    /// Used within this many ms, it needs no health check.
+    check_after_ms: u64,
+    /// `server_lifetime` ends at this coarse time (ms).
+    expires_ms: u64,
+}
+
+impl Backend {
+    /// Whether a released connection may serve another checkout without
+    /// going back to bb8.
+    fn reusable(&self, now_ms: u64) -> bool {
+        !self.server.broken && !self.retired.load(Ordering::Relaxed) && now_ms < self.expires_ms
+    }
+
+    /// Whether a warm connection may be handed out as it is: what bb8's
+    /// check on checkout would let through without a round trip.
+    fn usable(&self, now_ms: u64) -> bool {
+        self.reusable(now_ms)
+            && now_ms.saturating_sub(self.server.last_used) < self.check_after_ms
+            && !self.server.is_stale()
+    }
 }
 
 /// Creates and checks server connections for bb8.
@@ -198,6 +193,7 @@ pub struct ServerManager {
     /// Set when the pool is replaced: connections close instead of going
     /// back to the pool, and no new ones open.
     retired: Arc<AtomicBool>,
+    server_lifetime: Option<Duration>,
     registry: Arc<Registry>,
     db: String,
     user: String,
@@ -240,9 +236,17 @@ impl bb8::ManageConnection for ServerManager {
                     *defaults = Some(server.params.clone());
                 }
                 drop(defaults);
+                let expires_ms = match self.server_lifetime {
+                    Some(d) => super::stats::coarse_ms().saturating_add(d.as_millis() as u64),
+                    None => u64::MAX,
+                };
                 Ok(Box::new(Backend {
                     server,
                     mirrors: self.mirrors.iter().map(MirrorHandle::start).collect(),
+                    gen: Arc::as_ptr(&self.retired) as usize,
+                    retired: self.retired.clone(),
+                    check_after_ms: self.healthcheck_delay.as_millis() as u64,
+                    expires_ms,
                 }))
             }
             Err(e) => {
@@ -289,6 +293,10 @@ pub struct ServerPool {
     pub pool: bb8::Pool<ServerManager>,
     pub mirrors: Vec<Arc<MirrorSpec>>,
     slot: Arc<Slot>,
+    /// Which generation of the (pool, user) this is: the servers of one
+    /// [`UserPool`] share it, and the slot hands a generation only its own
+    /// connections.
+    gen: usize,
     banned_until: Mutex<Option<Instant>>,
     last_error: Arc<Mutex<Option<(Instant, String)>>>,
     /// The role it has now: the configured one, or for `auto` what the
@@ -327,8 +335,16 @@ impl ServerPool {
 
     /// Connections checked out right now.
     pub fn active(&self) -> u32 {
+        let (open, idle) = self.counts();
+        open - idle
+    }
+
+    /// Connections open, and those of them idle: in bb8, or warm in the
+    /// slot (checked out of bb8 but no client's).
+    pub fn counts(&self) -> (u32, u32) {
         let s = self.pool.state();
-        s.connections - s.idle_connections
+        let idle = s.idle_connections + self.slot.warm();
+        (s.connections, idle.min(s.connections))
     }
 }
 
@@ -662,6 +678,7 @@ impl UserPool {
             healthcheck_timeout: settings.healthcheck_timeout,
             last_error: last_error.clone(),
             retired: retired.clone(),
+            server_lifetime: settings.server_lifetime,
             registry: registry.clone(),
             db: settings.db.to_string(),
             user: settings.user.to_string(),
@@ -698,6 +715,7 @@ impl UserPool {
             .build_unchecked(manager);
         ServerPool {
             slot: state.slot(&address, settings.pool_size as usize),
+            gen: Arc::as_ptr(retired) as usize,
             role_now: std::sync::atomic::AtomicU8::new(balance::role_code(address.role)),
             lag_ms: std::sync::atomic::AtomicI64::new(-1),
             probing: AtomicBool::new(false),
@@ -715,6 +733,7 @@ impl UserPool {
         self.retired.store(true, Ordering::Relaxed);
         self.retired_signal.cancel();
         for server in self.shards.iter().flatten() {
+            server.slot.retire(server.gen);
             // One poll of a checkout runs bb8's validity check over every
             // idle connection; each fails (retired) and is closed.
             let pool = server.pool.clone();
@@ -762,9 +781,9 @@ impl UserPool {
     pub fn connection_counts(&self) -> (u32, u32) {
         let mut total = (0, 0);
         for s in self.shards.iter().flatten() {
-            let st = s.pool.state();
-            total.0 += st.connections;
-            total.1 += st.idle_connections;
+            let (open, idle) = s.counts();
+            total.0 += open;
+            total.1 += idle;
         }
         total
     }

@@ -282,7 +282,7 @@ impl Snapshot {
                         .iter()
                         .flatten()
                         .map(|s| {
-                            let state = s.pool.state();
+                            let (connections, idle) = s.counts();
                             PoolServerSnapshot {
                                 host: s.address.host.clone(),
                                 port: s.address.port,
@@ -297,8 +297,8 @@ impl Snapshot {
                                     .map(|d| d.as_secs())
                                     .unwrap_or(0),
                                 last_error: s.last_error(),
-                                connections: state.connections,
-                                idle: state.idle_connections,
+                                connections,
+                                idle,
                             }
                         })
                         .collect(),
