@@ -159,12 +159,10 @@ impl Slot {
         // One that cannot serve again goes back to bb8 (which closes a
         // broken one) before its permit lets anyone ask bb8.
         let mut conn = conn.filter(|c| c.reusable(now));
-        let mut spare = None;
         let mut st = self.state.lock();
         loop {
             if st.debt > 0 {
                 st.debt -= 1;
-                spare = conn.take();
                 break;
             }
             let Some(waiter) = st.waiters.pop_front() else {
@@ -176,28 +174,28 @@ impl Slot {
                         });
                     }
                     other => {
-                        spare = other;
+                        conn = other;
                         st.free += 1;
                     }
                 }
                 break;
             };
             let mut grant = PooledServer::permit_only(self.clone());
-            match conn.take() {
-                Some(c) if c.gen == waiter.gen => grant.conn = Some(c),
-                other => spare = spare.or(other),
+            if conn.as_ref().is_some_and(|c| c.gen == waiter.gen) {
+                grant.conn = conn.take();
             }
             match waiter.tx.send(grant) {
                 Ok(()) => break,
                 // It gave up waiting: the next one.
                 Err(mut grant) => {
-                    conn = grant.conn.take();
+                    conn = conn.or(grant.conn.take());
                     grant.forget_permit();
                 }
             }
         }
         drop(st);
-        drop(spare);
+        // What no one took goes back to bb8, outside the lock.
+        drop(conn);
     }
 
     fn start_sweep(self: &Arc<Self>, st: &mut SlotState) -> bool {
@@ -246,26 +244,15 @@ impl Slot {
     /// closes them) and its waiters are told (their channel closes).
     pub(super) fn retire(self: &Arc<Self>, gen: usize) {
         let mut st = self.state.lock();
-        let mut gone = Vec::new();
-        let mut i = 0;
-        while i < st.warm.len() {
-            if st.warm[i].conn.gen == gen {
-                gone.push(st.warm.remove(i).expect("in range").conn);
-            } else {
-                i += 1;
-            }
-        }
-        let waiters: VecDeque<Waiter> = {
-            let (theirs, others) = std::mem::take(&mut st.waiters)
-                .into_iter()
-                .partition(|w| w.gen == gen);
-            st.waiters = others;
-            theirs
-        };
+        // Dropping a waiter's sender only wakes its task.
+        st.waiters.retain(|w| w.gen != gen);
+        let (gone, kept): (VecDeque<Warm>, _) = std::mem::take(&mut st.warm)
+            .into_iter()
+            .partition(|w| w.conn.gen == gen);
+        st.warm = kept;
         drop(st);
-        drop(waiters);
-        for conn in gone {
-            drop(conn);
+        for w in gone {
+            drop(w.conn);
             self.give_back(None);
         }
     }
@@ -283,7 +270,6 @@ async fn sweep(slot: Arc<Slot>) {
     loop {
         let now = coarse_ms();
         let mut old = Vec::new();
-        let mut late = Vec::new();
         let next = {
             let mut st = slot.state.lock();
             while st
@@ -293,15 +279,9 @@ async fn sweep(slot: Arc<Slot>) {
             {
                 old.push(st.warm.pop_front().expect("checked").conn);
             }
-            let mut i = 0;
-            while i < st.waiters.len() {
-                let w = &st.waiters[i];
-                if w.deadline_ms <= now || w.tx.is_closed() {
-                    late.push(st.waiters.remove(i).expect("in range"));
-                } else {
-                    i += 1;
-                }
-            }
+            // Their checkouts see the channel close: timed out.
+            st.waiters
+                .retain(|w| w.deadline_ms > now && !w.tx.is_closed());
             let next_warm = st.warm.front().map(|w| w.since_ms + WARM_MS);
             let next_wait = st.waiters.iter().map(|w| w.deadline_ms).min();
             match next_warm.into_iter().chain(next_wait).min() {
@@ -315,8 +295,6 @@ async fn sweep(slot: Arc<Slot>) {
                 }
             }
         };
-        // Their checkouts see the channel close: timed out.
-        drop(late);
         for conn in old {
             drop(conn);
             slot.give_back(None);
