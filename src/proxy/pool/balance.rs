@@ -377,7 +377,24 @@ impl UserPool {
             .take(server.gen, self.settings.server_round_robin, timeout_ms)
         {
             Take::Now(guard) if guard.conn.is_some() => return Ok(guard),
-            Take::Now(guard) => self.ask_bb8(server, guard).await?,
+            // A permit free at once, without a warm connection: bb8 bounds
+            // its own wait by connect_timeout. Biased: an idle connection
+            // is taken on the first poll, before the retirement signal
+            // registers a waiter. Boxed: bb8's get is the largest future
+            // there is, and a warm connection usually spares it.
+            Take::Now(guard) => {
+                let get = Box::pin(async {
+                    tokio::select! {
+                        biased;
+                        r = with_permit(server, guard) => Some(r),
+                        _ = self.retired_signal.cancelled() => None,
+                    }
+                });
+                match get.await {
+                    Some(r) => r,
+                    None => return Err(Attempt::Retired),
+                }
+            }
             // The slot ends the wait at connect_timeout (its one timer
             // serves every waiter): no timer per wait.
             Take::Wait(grant) => match grant.await {
@@ -386,7 +403,24 @@ impl UserPool {
                     return Err(Attempt::Retired);
                 }
                 Ok(guard) if guard.conn.is_some() => return Ok(guard),
-                Ok(guard) => self.ask_bb8(server, guard).await?,
+                // A permit without a connection: bb8 opens one. Boxed:
+                // rare, and bb8's get is the largest future there is.
+                Ok(guard) => {
+                    let deadline = self.settings.connect_timeout;
+                    let get = Box::pin(async {
+                        tokio::select! {
+                            biased;
+                            r = tokio::time::timeout(deadline, with_permit(server, guard)) => {
+                                Some(r.unwrap_or(Err(bb8::RunError::TimedOut)))
+                            }
+                            _ = self.retired_signal.cancelled() => None,
+                        }
+                    });
+                    match get.await {
+                        Some(r) => r,
+                        None => return Err(Attempt::Retired),
+                    }
+                }
                 Err(_) if self.is_retired() => return Err(Attempt::Retired),
                 Err(_) => return Err(Attempt::Busy),
             },
@@ -399,30 +433,6 @@ impl UserPool {
             }
             Err(bb8::RunError::TimedOut) => Err(Attempt::Busy),
         }
-    }
-
-    /// A connection from bb8 for the holder of a permit that came
-    /// without one, unless this pool retires first. bb8 bounds its own
-    /// wait by connect_timeout. Biased: an idle connection is taken on
-    /// the first poll, before the retirement signal registers a waiter.
-    /// Boxed: bb8's get is the largest future there is, and a warm
-    /// connection usually spares it.
-    async fn ask_bb8(
-        &self,
-        server: &ServerPool,
-        mut guard: PooledServer,
-    ) -> Result<Result<PooledServer, bb8::RunError<ServerError>>, Attempt> {
-        Box::pin(async {
-            tokio::select! {
-                biased;
-                r = server.pool.get_owned() => Ok(r.map(|conn| {
-                    guard.conn = Some(conn);
-                    guard
-                })),
-                _ = self.retired_signal.cancelled() => Err(Attempt::Retired),
-            }
-        })
-        .await
     }
 
     fn has_unknown_roles(&self) -> bool {
@@ -541,6 +551,15 @@ async fn look(server: &ServerPool, conn: &mut Option<Box<super::Backend>>) -> Op
 /// The servers a checkout may try, in order: no allocation for up to
 /// four (a shard's primary and replicas, usually).
 type Candidates<'a> = smallvec::SmallVec<[&'a Arc<ServerPool>; 4]>;
+
+/// A connection from bb8 for the holder of a permit.
+async fn with_permit(
+    server: &ServerPool,
+    mut guard: PooledServer,
+) -> Result<PooledServer, bb8::RunError<ServerError>> {
+    guard.conn = Some(server.pool.get_owned().await?);
+    Ok(guard)
+}
 
 #[cfg(test)]
 mod tests {

@@ -159,10 +159,12 @@ impl Slot {
         // One that cannot serve again goes back to bb8 (which closes a
         // broken one) before its permit lets anyone ask bb8.
         let mut conn = conn.filter(|c| c.reusable(now));
+        let mut spare = None;
         let mut st = self.state.lock();
         loop {
             if st.debt > 0 {
                 st.debt -= 1;
+                spare = conn.take();
                 break;
             }
             let Some(waiter) = st.waiters.pop_front() else {
@@ -174,28 +176,28 @@ impl Slot {
                         });
                     }
                     other => {
-                        conn = other;
+                        spare = other;
                         st.free += 1;
                     }
                 }
                 break;
             };
             let mut grant = PooledServer::permit_only(self.clone());
-            if conn.as_ref().is_some_and(|c| c.gen == waiter.gen) {
-                grant.conn = conn.take();
+            match conn.take() {
+                Some(c) if c.gen == waiter.gen => grant.conn = Some(c),
+                other => spare = spare.or(other),
             }
             match waiter.tx.send(grant) {
                 Ok(()) => break,
                 // It gave up waiting: the next one.
                 Err(mut grant) => {
-                    conn = conn.or(grant.conn.take());
+                    conn = grant.conn.take();
                     grant.forget_permit();
                 }
             }
         }
         drop(st);
-        // What no one took goes back to bb8, outside the lock.
-        drop(conn);
+        drop(spare);
     }
 
     fn start_sweep(self: &Arc<Self>, st: &mut SlotState) -> bool {
@@ -244,15 +246,26 @@ impl Slot {
     /// closes them) and its waiters are told (their channel closes).
     pub(super) fn retire(self: &Arc<Self>, gen: usize) {
         let mut st = self.state.lock();
-        // Dropping a waiter's sender only wakes its task.
-        st.waiters.retain(|w| w.gen != gen);
-        let (gone, kept): (VecDeque<Warm>, _) = std::mem::take(&mut st.warm)
-            .into_iter()
-            .partition(|w| w.conn.gen == gen);
-        st.warm = kept;
+        let mut gone = Vec::new();
+        let mut i = 0;
+        while i < st.warm.len() {
+            if st.warm[i].conn.gen == gen {
+                gone.push(st.warm.remove(i).expect("in range").conn);
+            } else {
+                i += 1;
+            }
+        }
+        let waiters: VecDeque<Waiter> = {
+            let (theirs, others) = std::mem::take(&mut st.waiters)
+                .into_iter()
+                .partition(|w| w.gen == gen);
+            st.waiters = others;
+            theirs
+        };
         drop(st);
-        for w in gone {
-            drop(w.conn);
+        drop(waiters);
+        for conn in gone {
+            drop(conn);
             self.give_back(None);
         }
     }
@@ -270,6 +283,7 @@ async fn sweep(slot: Arc<Slot>) {
     loop {
         let now = coarse_ms();
         let mut old = Vec::new();
+        let mut late = Vec::new();
         let next = {
             let mut st = slot.state.lock();
             while st
@@ -279,9 +293,15 @@ async fn sweep(slot: Arc<Slot>) {
             {
                 old.push(st.warm.pop_front().expect("checked").conn);
             }
-            // Their checkouts see the channel close: timed out.
-            st.waiters
-                .retain(|w| w.deadline_ms > now && !w.tx.is_closed());
+            let mut i = 0;
+            while i < st.waiters.len() {
+                let w = &st.waiters[i];
+                if w.deadline_ms <= now || w.tx.is_closed() {
+                    late.push(st.waiters.remove(i).expect("in range"));
+                } else {
+                    i += 1;
+                }
+            }
             let next_warm = st.warm.front().map(|w| w.since_ms + WARM_MS);
             let next_wait = st.waiters.iter().map(|w| w.deadline_ms).min();
             match next_warm.into_iter().chain(next_wait).min() {
@@ -295,6 +315,8 @@ async fn sweep(slot: Arc<Slot>) {
                 }
             }
         };
+        // Their checkouts see the channel close: timed out.
+        drop(late);
         for conn in old {
             drop(conn);
             slot.give_back(None);
