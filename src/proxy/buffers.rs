@@ -21,20 +21,26 @@ pub fn take() -> BytesMut {
         .unwrap_or_else(|| BytesMut::with_capacity(SIZE))
 }
 
-/// Returns a buffer to the free list; oversized or shared buffers are
-/// freed instead.
-pub fn give(mut buf: BytesMut) {
+/// Makes `buf` reusable where it is: cleared and rewound to the start of
+/// its allocation. An oversized, shared or small buffer (a login's) is
+/// freed instead, leaving an unallocated one. Never allocates.
+pub fn rewind(buf: &mut BytesMut) {
     if buf.capacity() == 0 {
         return;
     }
     buf.clear();
     // Takes back the space consumed by `advance` when the allocation is
-    // ours alone. Never allocates: a small buffer (a login's) is freed,
-    // not grown into a pooled one.
-    if buf.capacity() < SIZE && !buf.try_reclaim(SIZE) {
-        return;
+    // ours alone.
+    if (buf.capacity() < SIZE && !buf.try_reclaim(SIZE)) || buf.capacity() > 4 * SIZE {
+        *buf = BytesMut::new();
     }
-    if buf.capacity() > 4 * SIZE {
+}
+
+/// Returns a buffer to the free list; oversized or shared buffers are
+/// freed instead.
+pub fn give(mut buf: BytesMut) {
+    rewind(&mut buf);
+    if buf.capacity() == 0 {
         return;
     }
     FREE.with(|f| {

@@ -282,12 +282,15 @@ impl UserPool {
             Some(n) => n,
             None => self.default_shard(),
         };
-        let started = Instant::now();
+        // Set when a checkout has to wait (for a permit, or for bb8): a
+        // warm connection taken at once waited nothing and reads no clock.
+        let mut waited_since: Option<Instant> = None;
         let mut candidates = self.candidates(shard, role);
         if candidates.is_empty() && self.has_unknown_roles() {
             // Roles not found yet (just started, or a failover under way):
             // wait for the monitor's next look, within connect_timeout.
             // Boxed: rare, and kept out of every checkout's future.
+            waited_since = Some(Instant::now());
             candidates = Box::pin(async {
                 let mut rx = self.monitored.subscribe();
                 let seen = *rx.borrow_and_update();
@@ -314,9 +317,9 @@ impl UserPool {
         // after it is back.
         let several = self.shards[shard].len() > 1;
         for &server in &candidates {
-            match self.checkout_from(server).await {
+            match self.checkout_from(server, &mut waited_since).await {
                 Ok(conn) => {
-                    let waited = started.elapsed().as_micros() as u64;
+                    let waited = waited_since.map_or(0, |t| t.elapsed().as_micros() as u64);
                     PoolStats::add(&self.state.stats.wait_time_us, waited);
                     self.state.stats.wait_latency.record(waited);
                     PoolStats::add(&self.state.stats.server_assignment_count, 1);
@@ -370,12 +373,21 @@ impl UserPool {
     /// One server's connection: a warm one at once, or a permit (FIFO
     /// among waiters) and then bb8, or one handed over by a client done
     /// with it.
-    async fn checkout_from(&self, server: &Arc<ServerPool>) -> Result<PooledServer, Attempt> {
+    /// `waited_since` is set, if it is not yet, when the checkout has to
+    /// wait.
+    async fn checkout_from(
+        &self,
+        server: &Arc<ServerPool>,
+        waited_since: &mut Option<Instant>,
+    ) -> Result<PooledServer, Attempt> {
         let timeout_ms = self.settings.connect_timeout.as_millis() as u64;
-        let got = match server
+        let take = server
             .slot
-            .take(server.gen, self.settings.server_round_robin, timeout_ms)
-        {
+            .take(server.gen, self.settings.server_round_robin, timeout_ms);
+        if !matches!(&take, Take::Now(guard) if guard.conn.is_some()) {
+            waited_since.get_or_insert_with(Instant::now);
+        }
+        let got = match take {
             Take::Now(guard) if guard.conn.is_some() => return Ok(guard),
             // A permit free at once, without a warm connection: bb8 bounds
             // its own wait by connect_timeout. Biased: an idle connection

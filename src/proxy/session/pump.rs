@@ -71,13 +71,15 @@ impl Session {
 
     /// Reads more from the client; false on EOF or error.
     pub(super) async fn read_client(&mut self) -> bool {
-        if self.held.cbuf.capacity() == 0 {
-            self.held.cbuf = buffers::take();
-        } else if self.held.cbuf.capacity() - self.held.cbuf.len() < READ_SIZE / 4 {
-            self.held.cbuf.reserve(READ_SIZE);
+        // Unparked first: a parked slot comes back with its buffers.
+        let held = &mut *self.held;
+        if held.cbuf.capacity() == 0 {
+            held.cbuf = buffers::take();
+        } else if held.cbuf.capacity() - held.cbuf.len() < READ_SIZE / 4 {
+            held.cbuf.reserve(READ_SIZE);
         }
         use tokio::io::AsyncReadExt;
-        match self.client.read_buf(&mut self.held.cbuf).await {
+        match self.client.read_buf(&mut held.cbuf).await {
             Ok(0) | Err(_) => false,
             Ok(n) => {
                 self.held.counts.bytes_in += n as u64;
@@ -210,17 +212,20 @@ impl Session {
         server: &mut Server,
         mirrors: &mut [MirrorHandle],
     ) -> Poll<Outcome> {
+        // Each pass writes what is queued, then reads the server before
+        // the client: a reply that completes the transaction releases
+        // the server without another look at the client. Writes that
+        // finish need no second pass (nothing they free is read before
+        // the reads below); a read that brought bytes starts one.
+        // Returning Pending means both reads (where allowed) and every
+        // pending write registered for a wakeup in this pass.
         loop {
-            let mut progress = false;
             while !self.held.to_server.is_empty() {
                 match Pin::new(&mut server.stream).poll_write(cx, &self.held.to_server) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Outcome::ServerFailed(io::ErrorKind::WriteZero.into()))
                     }
-                    Poll::Ready(Ok(n)) => {
-                        self.held.to_server.advance(n);
-                        progress = true;
-                    }
+                    Poll::Ready(Ok(n)) => self.held.to_server.advance(n),
                     Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ServerFailed(e)),
                     Poll::Pending => break,
                 }
@@ -233,7 +238,6 @@ impl Session {
                     Poll::Ready(Ok(n)) => {
                         self.held.counts.bytes_out += n as u64;
                         self.held.to_client.advance(n);
-                        progress = true;
                     }
                     Poll::Pending => break,
                 }
@@ -251,26 +255,8 @@ impl Session {
                 if let Err(o) = self.process_client(server, mirrors) {
                     return Poll::Ready(o);
                 }
-                progress |= self.held.cbuf.len() != before;
-            }
-            // Nor while replies pgcat writes itself (synthesized ones, for
-            // a client that pipelines without reading) are waiting.
-            if self.held.to_server.len() < HIGH_WATER && self.held.to_client.len() < HIGH_WATER {
-                if self.held.cbuf.capacity() - self.held.cbuf.len() < READ_SIZE / 4 {
-                    self.held.cbuf.reserve(READ_SIZE);
-                }
-                match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.held.cbuf) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                        return Poll::Ready(Outcome::ClientGone)
-                    }
-                    Poll::Ready(Ok(n)) => {
-                        self.held.counts.bytes_in += n as u64;
-                        if let Err(o) = self.process_client(server, mirrors) {
-                            return Poll::Ready(o);
-                        }
-                        progress = true;
-                    }
-                    Poll::Pending => {}
+                if self.held.cbuf.len() != before {
+                    continue;
                 }
             }
             if self.held.to_client.len() < HIGH_WATER {
@@ -288,15 +274,33 @@ impl Session {
                         if let Err(o) = self.process_server(server, mirrors) {
                             return Poll::Ready(o);
                         }
-                        progress = true;
+                        continue;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ServerFailed(e)),
                     Poll::Pending => {}
                 }
             }
-            if !progress {
-                return Poll::Pending;
+            // Nor while replies pgcat writes itself (synthesized ones, for
+            // a client that pipelines without reading) are waiting.
+            if self.held.to_server.len() < HIGH_WATER && self.held.to_client.len() < HIGH_WATER {
+                if self.held.cbuf.capacity() - self.held.cbuf.len() < READ_SIZE / 4 {
+                    self.held.cbuf.reserve(READ_SIZE);
+                }
+                match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.held.cbuf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Outcome::ClientGone)
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.held.counts.bytes_in += n as u64;
+                        if let Err(o) = self.process_client(server, mirrors) {
+                            return Poll::Ready(o);
+                        }
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
             }
+            return Poll::Pending;
         }
     }
 
