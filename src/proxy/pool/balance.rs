@@ -381,13 +381,10 @@ impl UserPool {
         waited_since: &mut Option<Instant>,
     ) -> Result<PooledServer, Attempt> {
         let timeout_ms = self.settings.connect_timeout.as_millis() as u64;
-        let take = server
+        let got = match server
             .slot
-            .take(server.gen, self.settings.server_round_robin, timeout_ms);
-        if !matches!(&take, Take::Now(guard) if guard.conn.is_some()) {
-            waited_since.get_or_insert_with(Instant::now);
-        }
-        let got = match take {
+            .take(server.gen, self.settings.server_round_robin, timeout_ms)
+        {
             Take::Now(guard) if guard.conn.is_some() => return Ok(guard),
             // A permit free at once, without a warm connection: bb8 bounds
             // its own wait by connect_timeout. Biased: an idle connection
@@ -395,6 +392,7 @@ impl UserPool {
             // registers a waiter. Boxed: bb8's get is the largest future
             // there is, and a warm connection usually spares it.
             Take::Now(guard) => {
+                waited_since.get_or_insert_with(Instant::now);
                 let get = Box::pin(async {
                     tokio::select! {
                         biased;
@@ -409,33 +407,36 @@ impl UserPool {
             }
             // The slot ends the wait at connect_timeout (its one timer
             // serves every waiter): no timer per wait.
-            Take::Wait(grant) => match grant.await {
-                Ok(guard) if self.is_retired() => {
-                    drop(guard);
-                    return Err(Attempt::Retired);
-                }
-                Ok(guard) if guard.conn.is_some() => return Ok(guard),
-                // A permit without a connection: bb8 opens one. Boxed:
-                // rare, and bb8's get is the largest future there is.
-                Ok(guard) => {
-                    let deadline = self.settings.connect_timeout;
-                    let get = Box::pin(async {
-                        tokio::select! {
-                            biased;
-                            r = tokio::time::timeout(deadline, with_permit(server, guard)) => {
-                                Some(r.unwrap_or(Err(bb8::RunError::TimedOut)))
-                            }
-                            _ = self.retired_signal.cancelled() => None,
-                        }
-                    });
-                    match get.await {
-                        Some(r) => r,
-                        None => return Err(Attempt::Retired),
+            Take::Wait(grant) => {
+                waited_since.get_or_insert_with(Instant::now);
+                match grant.await {
+                    Ok(guard) if self.is_retired() => {
+                        drop(guard);
+                        return Err(Attempt::Retired);
                     }
+                    Ok(guard) if guard.conn.is_some() => return Ok(guard),
+                    // A permit without a connection: bb8 opens one. Boxed:
+                    // rare, and bb8's get is the largest future there is.
+                    Ok(guard) => {
+                        let deadline = self.settings.connect_timeout;
+                        let get = Box::pin(async {
+                            tokio::select! {
+                                biased;
+                                r = tokio::time::timeout(deadline, with_permit(server, guard)) => {
+                                    Some(r.unwrap_or(Err(bb8::RunError::TimedOut)))
+                                }
+                                _ = self.retired_signal.cancelled() => None,
+                            }
+                        });
+                        match get.await {
+                            Some(r) => r,
+                            None => return Err(Attempt::Retired),
+                        }
+                    }
+                    Err(_) if self.is_retired() => return Err(Attempt::Retired),
+                    Err(_) => return Err(Attempt::Busy),
                 }
-                Err(_) if self.is_retired() => return Err(Attempt::Retired),
-                Err(_) => return Err(Attempt::Busy),
-            },
+            }
         };
         match got {
             Ok(conn) => Ok(conn),

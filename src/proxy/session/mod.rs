@@ -292,15 +292,27 @@ impl Held {
             && self.counts.is_zero()
     }
 
-    /// Back to [`Held::empty`], keeping modest allocations for reuse,
-    /// its (empty) IO buffers included. Only for a parkable `Held`.
-    fn reset(&mut self) {
-        for buf in [
+    /// The four IO buffers.
+    fn buffers(&mut self) -> [&mut BytesMut; 4] {
+        [
             &mut self.cbuf,
             &mut self.to_server,
             &mut self.to_client,
             &mut self.sbuf,
-        ] {
+        ]
+    }
+
+    /// Its empty IO buffers back to the thread's free list.
+    fn give_buffers(&mut self) {
+        for buf in self.buffers() {
+            buffers::release(buf);
+        }
+    }
+
+    /// Back to [`Held::empty`], keeping modest allocations for reuse,
+    /// its (empty) IO buffers included. Only for a parkable `Held`.
+    fn reset(&mut self) {
+        for buf in self.buffers() {
             buffers::rewind(buf);
         }
         self.tracker.reset();
@@ -321,20 +333,6 @@ impl Held {
         self.unnamed_pending = 0;
         self.client_unnamed = None;
         self.client_unnamed_pending = 0;
-    }
-}
-
-impl Held {
-    /// Its IO buffers back to the thread's free list.
-    fn give_buffers(&mut self) {
-        for buf in [
-            &mut self.cbuf,
-            &mut self.to_server,
-            &mut self.to_client,
-            &mut self.sbuf,
-        ] {
-            buffers::release(buf);
-        }
     }
 }
 
@@ -369,14 +367,7 @@ impl HeldSlot {
             return;
         };
         if !held.is_parkable() {
-            for buf in [
-                &mut held.cbuf,
-                &mut held.to_server,
-                &mut held.to_client,
-                &mut held.sbuf,
-            ] {
-                buffers::release(buf);
-            }
+            held.give_buffers();
             return;
         }
         if let Some(mut held) = self.0.take() {
