@@ -93,6 +93,15 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start runtime: {e}"))
 }
 
+/// mimalloc rather than glibc's malloc: tokio allocates each task and
+/// each socket's readiness state aligned to 128 bytes, and glibc's aligned
+/// allocation leaves a fragment beside each one. Measured at 10 000 idle
+/// clients (docs/architecture.md, "An idle client"): about 1 780 bytes
+/// per client with glibc, 1 535 with mimalloc, no change in CPU per
+/// transaction.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

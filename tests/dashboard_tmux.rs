@@ -76,10 +76,36 @@ impl Tmux {
 }
 
 impl Drop for Tmux {
+    /// `kill-server` alone sends the panes SIGHUP, which pgcat takes as
+    /// "reload": a test that failed before its pgcat quit would leave it
+    /// running. So each pane's process group (the pane's `sh -c` leads
+    /// it; pgcat and the trailing sleep are in it) gets SIGTERM, then,
+    /// after the server is gone, SIGKILL for whatever ignored that.
     fn drop(&mut self) {
+        let panes = Command::new("tmux")
+            .args(["-L", &self.socket, "list-panes", "-a", "-F", "#{pane_pid}"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let groups: Vec<String> = panes
+            .split_whitespace()
+            .filter(|pid| pid.parse::<u32>().is_ok())
+            .map(|pid| format!("-{pid}"))
+            .collect();
+        let signal = |sig: &str| {
+            for group in &groups {
+                let _ = Command::new("kill")
+                    .args([sig, "--", group])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        };
+        signal("-TERM");
+        std::thread::sleep(Duration::from_millis(300));
         let _ = Command::new("tmux")
             .args(["-L", &self.socket, "kill-server"])
             .status();
+        signal("-KILL");
     }
 }
 

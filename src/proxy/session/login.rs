@@ -320,8 +320,6 @@ pub(super) async fn login(
         log_disconnect: config.general.log_client_disconnections,
         client: stream,
         mode: pool.settings.mode,
-        db: pool.settings.db.clone(),
-        user: pool.settings.user.clone(),
         pool: None,
         cached_pool: None,
         cleanup_server_connections: false,

@@ -139,7 +139,7 @@ impl Session {
             }
             Err(e) => {
                 // pgcat cannot vouch for its state: nobody else gets it.
-                tracing::warn!(db = %self.db, user = %self.user, error = %e, "reading back session state failed; closing the server connection");
+                tracing::warn!(db = %self.info.db, user = %self.info.user, error = %e, "reading back session state failed; closing the server connection");
                 server.broken = true;
             }
         }
