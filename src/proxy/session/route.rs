@@ -47,7 +47,12 @@ impl Session {
             return false;
         };
         let text = String::from_utf8_lossy(&self.held.cbuf[HEADER_LEN..h.total]).into_owned();
-        if !plugins.on_query(&text, &self.info.db, &self.info.user, &mut self.held.to_client) {
+        if !plugins.on_query(
+            &text,
+            &self.info.db,
+            &self.info.user,
+            &mut self.held.to_client,
+        ) {
             return false;
         }
         self.held.counts.queries += 1;

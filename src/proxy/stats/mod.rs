@@ -845,7 +845,13 @@ mod tests {
     /// and an IPv4-mapped IPv6 address stays IPv6.
     #[test]
     fn compact_addresses_round_trip() {
-        for text in ["127.0.0.1:6432", "10.1.2.3:1", "[::1]:5", "[::ffff:10.0.0.1]:7", "[fe80::1]:65535"] {
+        for text in [
+            "127.0.0.1:6432",
+            "10.1.2.3:1",
+            "[::1]:5",
+            "[::ffff:10.0.0.1]:7",
+            "[fe80::1]:65535",
+        ] {
             let a: SocketAddr = text.parse().unwrap();
             assert_eq!(SocketAddr::from(Addr::from(a)), a, "{text}");
         }
