@@ -87,25 +87,27 @@ impl Drop for Tmux {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        let groups: Vec<String> = panes
+        let groups: Vec<i32> = panes
             .split_whitespace()
-            .filter(|pid| pid.parse::<u32>().is_ok())
-            .map(|pid| format!("-{pid}"))
+            .filter_map(|pid| pid.parse().ok())
             .collect();
-        let signal = |sig: &str| {
-            for group in &groups {
-                let _ = Command::new("kill")
-                    .args([sig, "--", group])
-                    .stderr(std::process::Stdio::null())
-                    .status();
+        let signal = |sig| {
+            for &group in &groups {
+                // SAFETY: kill(2) with a negative pid signals that process
+                // group; it touches no memory of ours.
+                unsafe {
+                    libc::kill(-group, sig);
+                }
             }
         };
-        signal("-TERM");
-        std::thread::sleep(Duration::from_millis(300));
+        signal(libc::SIGTERM);
+        if !groups.is_empty() {
+            std::thread::sleep(Duration::from_millis(300));
+        }
         let _ = Command::new("tmux")
             .args(["-L", &self.socket, "kill-server"])
             .status();
-        signal("-KILL");
+        signal(libc::SIGKILL);
     }
 }
 

@@ -160,16 +160,17 @@ impl Snapshot {
             .map(|c| {
                 let state = c.state();
                 let wait_start = c.wait_start.load(Ordering::Relaxed);
+                let (peer, local) = (c.peer(), c.local());
                 ClientSnapshot {
                     id: c.id,
                     db: c.db.to_string(),
                     user: c.user.to_string(),
                     admin: c.admin,
                     state: state.as_str(),
-                    addr: c.peer().ip().to_string(),
-                    port: c.peer().port(),
-                    local_addr: c.local().ip().to_string(),
-                    local_port: c.local().port(),
+                    addr: peer.ip().to_string(),
+                    port: peer.port(),
+                    local_addr: local.ip().to_string(),
+                    local_port: local.port(),
                     connect_time_unix: c.connect_time,
                     request_time_unix: c.request_time.load(Ordering::Relaxed) / 1_000_000,
                     wait_us: if state == ClientState::Waiting && wait_start > 0 {
