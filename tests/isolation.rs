@@ -6,7 +6,7 @@
 
 mod support;
 
-use support::wire::{Reply, Wire};
+use support::wire::{without_status, Reply, Wire};
 use support::*;
 
 struct Setup {
@@ -348,7 +348,17 @@ async fn set_session_authorization_belongs_to_its_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_unnamed_statement_is_the_clients_own() {
-    let s = setup(1, "").await;
+    unnamed_statement_is_the_clients_own("").await;
+}
+
+/// The same when pgcat runs unnamed statements as its own named ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unnamed_statement_is_the_clients_own_when_cached() {
+    unnamed_statement_is_the_clients_own("cache_unnamed_statements = true").await;
+}
+
+async fn unnamed_statement_is_the_clients_own(pool_extra: &str) {
+    let s = setup(1, pool_extra).await;
     let mut a = s.client().await;
     let mut b = s.client().await;
     let r = a
@@ -459,6 +469,120 @@ async fn the_unnamed_statement_is_the_clients_own() {
         "the 1/0 statement stays: {r:?}"
     );
     s.stop().await;
+}
+
+/// `cache_unnamed_statements`: the same unnamed statement from two
+/// clients is one statement on the server, parsed once and executed by
+/// both; each client still sees exactly what PostgreSQL would tell it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_unnamed_statements_are_parsed_once_per_server() {
+    const SQL: &str = "SELECT $1::int + 41";
+    let count_sql =
+        "SELECT count(*)::text || ' ' || coalesce(sum(generic_plans + custom_plans), 0)::text \
+         FROM pg_prepared_statements WHERE statement = 'SELECT $1::int + 41'";
+    for (extra, expected) in [("", "0 0"), ("cache_unnamed_statements = true", "1 3")] {
+        let s = setup(1, extra).await;
+        let mut a = s.client().await;
+        let mut b = s.client().await;
+        let mut direct = Wire::connect(
+            &s.db.host,
+            s.db.port,
+            &s.db.user,
+            &s.db.password,
+            &s.db.name,
+            &[],
+        )
+        .await
+        .unwrap();
+        let mut seen = Vec::new();
+        for (who, param) in [(0, "1"), (1, "2"), (0, "3"), (2, "1")] {
+            let w = match who {
+                0 => &mut a,
+                1 => &mut b,
+                _ => &mut direct,
+            };
+            let r = w
+                .parse("", SQL, &[])
+                .bind("", "", &[Some(param)])
+                .describe_portal("")
+                .execute("")
+                .sync()
+                .round_trip()
+                .await
+                .unwrap();
+            seen.push(without_status(&r));
+        }
+        let direct_replies = seen.pop().unwrap();
+        assert_eq!(seen[0], direct_replies, "{extra}: the first Parse");
+        assert_eq!(
+            rows(&seen[1]),
+            vec![Some("43".into())],
+            "{extra}: {:?}",
+            seen[1]
+        );
+        assert_eq!(
+            rows(&seen[2]),
+            vec![Some("44".into())],
+            "{extra}: {:?}",
+            seen[2]
+        );
+        // Describe of the unnamed statement answers as PostgreSQL does.
+        let mine = a.describe_statement("").sync().round_trip().await.unwrap();
+        let theirs = direct
+            .describe_statement("")
+            .sync()
+            .round_trip()
+            .await
+            .unwrap();
+        assert_eq!(without_status(&mine), without_status(&theirs), "{extra}");
+        // The pool's one server connection: one statement, executed three
+        // times, when pgcat caches; none of pgcat's otherwise.
+        assert_eq!(a.value(count_sql).await, expected, "{extra}");
+        // A Close of the unnamed statement: it is gone for the client.
+        let r = b
+            .close_statement("")
+            .bind("", "", &[Some("1")])
+            .execute("")
+            .sync()
+            .round_trip()
+            .await
+            .unwrap();
+        assert_eq!(error_code(&r).as_deref(), Some("26000"), "{extra}: {r:?}");
+        direct.terminate().await;
+        s.stop().await;
+    }
+}
+
+/// `cache_unnamed_statements`, after a table a cached statement reads
+/// gains a column: PostgreSQL refuses to run the statement it holds
+/// (`cached plan must not change result type`, 0A000) once per server
+/// connection; pgcat then prepares it again, and the next run shows the
+/// new column. Without the cache the first run already does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_unnamed_statement_after_its_table_changed() {
+    for (extra, first_after) in [
+        ("", None),
+        ("cache_unnamed_statements = true", Some("0A000")),
+    ] {
+        let s = setup(1, extra).await;
+        let mut a = s.client().await;
+        a.simple("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+            .await
+            .unwrap();
+        let r = extended(&mut a, "SELECT * FROM t").await;
+        assert_eq!(rows(&r), vec![Some("1".into())], "{extra}: {r:?}");
+        a.simple("ALTER TABLE t ADD COLUMN y int DEFAULT 2")
+            .await
+            .unwrap();
+        let r = extended(&mut a, "SELECT * FROM t").await;
+        assert_eq!(error_code(&r).as_deref(), first_after, "{extra}: {r:?}");
+        let r = extended(&mut a, "SELECT * FROM t").await;
+        assert!(
+            r.contains(&Reply::Row(vec![Some("1".into()), Some("2".into())])),
+            "{extra}: {r:?}"
+        );
+        s.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -243,7 +243,8 @@ struct Model {
 const CLIENTS: usize = 3;
 
 impl Model {
-    async fn new() -> Model {
+    /// `pool_extra`: more lines for the pool's config.
+    async fn new(pool_extra: &str) -> Model {
         let pg = PgCluster::shared();
         let db = pg.create_db("md5");
         let role = format!("{}_r1", db.user);
@@ -259,7 +260,8 @@ impl Model {
         spec.pool_size = 1;
         spec.auth_type = "md5";
         // Small enough that statements get evicted and re-prepared.
-        spec.pool_extra = "prepared_statements_cache_size = 2";
+        let extra = format!("prepared_statements_cache_size = 2\n{pool_extra}");
+        spec.pool_extra = &extra;
         let proxy = TestProxy::start(&config_text("", &[spec])).await;
         let mut direct = Vec::new();
         for _ in 0..CLIENTS {
@@ -352,15 +354,28 @@ impl Model {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interleaved_clients_see_what_direct_connections_see() {
+    run_model("", 2000).await;
+}
+
+/// The same with `cache_unnamed_statements`: the clients' unnamed
+/// statements run as statements pgcat prepares under its own names, two
+/// per server connection at most, so they are evicted and prepared again
+/// all the time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_clients_see_what_direct_connections_see_with_unnamed_statements_cached() {
+    run_model("cache_unnamed_statements = true", 500).await;
+}
+
+async fn run_model(pool_extra: &str, default_cases: u64) {
     let cases: u64 = std::env::var("PGCAT_MODEL_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(default_cases);
     let first: u64 = std::env::var("PGCAT_MODEL_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    let mut model = Model::new().await;
+    let mut model = Model::new(pool_extra).await;
     let started = std::time::Instant::now();
     for seed in first..first + cases {
         if let Err(diff) = model.case(seed).await {

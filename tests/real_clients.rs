@@ -5,6 +5,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
+use support::wire::Wire;
 use support::*;
 
 fn pgbench(proxy: &TestProxy, db: &TestDb, args: &[&str]) -> Command {
@@ -95,6 +96,51 @@ async fn pgbench_tpcb_in_transaction_mode_simple_and_extended() {
         (8 * 150).to_string(),
         "pgbench truncates history before each run"
     );
+    proxy.stop().await;
+}
+
+/// `cache_unnamed_statements`: pgbench -M extended sends every statement
+/// of TPC-B as an unnamed Parse; they run as pgcat's statements, prepared
+/// once per server connection, and every transaction still does its work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_extended_with_unnamed_statements_cached() {
+    let pg = PgCluster::shared();
+    let db = pg.create_db("scram-sha-256");
+    let mut spec = PoolSpec::new(&db);
+    spec.pool_size = 2;
+    spec.pool_extra = "cache_unnamed_statements = true";
+    let proxy = TestProxy::start(&config_text("", &[spec])).await;
+    run_pgbench(&proxy, &db, &["-i", "-s", "1", "-q"]).await;
+    let out = run_pgbench(
+        &proxy,
+        &db,
+        &["-M", "extended", "-c", "6", "-j", "2", "-t", "150"],
+    )
+    .await;
+    assert_eq!(failed_transactions(&out), 0, "{out}");
+    assert_eq!(processed_transactions(&out), 900, "{out}");
+    let history = pg.psql_super(&db.name, "SELECT count(*) FROM pgbench_history");
+    assert_eq!(history, "900");
+    // The server connection this query gets holds TPC-B's statements
+    // under pgcat's names, each run many times from one Parse.
+    let mut w = Wire::connect(
+        "127.0.0.1",
+        proxy.port,
+        &db.user,
+        &db.password,
+        &db.name,
+        &[],
+    )
+    .await
+    .unwrap();
+    let held = w
+        .value(
+            "SELECT count(*)::text || ' ' || (min(generic_plans + custom_plans) > 1)::text \
+             FROM pg_prepared_statements WHERE name LIKE 'pgcat\\_%' AND statement LIKE '%pgbench_%'",
+        )
+        .await;
+    assert_eq!(held, "5 true", "UPDATE x3, SELECT, INSERT: {held}");
+    w.terminate().await;
     proxy.stop().await;
 }
 

@@ -389,6 +389,11 @@ pub struct Pool {
     /// Named prepared statements kept per server connection in
     /// transaction mode (0: the default of 256).
     pub prepared_statements_cache_size: usize,
+    /// pgcat's: in transaction mode, a client's unnamed statements run as
+    /// statements pgcat prepares on the servers under its own names (as
+    /// for named ones), so PostgreSQL plans each text once per server
+    /// connection instead of at every Parse.
+    pub cache_unnamed_statements: bool,
     /// Replicas whose replay lag is above this (ms) get no reads (unset:
     /// lag is not measured).
     pub replica_max_lag: Option<u64>,
@@ -428,6 +433,7 @@ impl Default for Pool {
             cleanup_server_connections: true,
             log_client_parameter_status_changes: false,
             prepared_statements_cache_size: 0,
+            cache_unnamed_statements: false,
             replica_max_lag: None,
             query_parser_read_functions: Vec::new(),
             auth_query: None,

@@ -370,6 +370,7 @@ pub struct PoolSettings {
     pub cleanup_server_connections: bool,
     pub statement_cache_size: usize,
     pub max_prepared_statements: usize,
+    pub cache_unnamed_statements: bool,
     pub idle_client_in_transaction_timeout: Option<Duration>,
     pub server_round_robin: bool,
     pub auth: ClientAuth,
@@ -486,6 +487,7 @@ impl PoolSettings {
                 pool.prepared_statements_cache_size
             },
             max_prepared_statements: g.max_prepared_statements,
+            cache_unnamed_statements: pool.cache_unnamed_statements,
             idle_client_in_transaction_timeout: config::millis(
                 g.idle_client_in_transaction_timeout,
             ),

@@ -148,10 +148,15 @@ impl Prepared {
 /// An unnamed statement: the body of its Parse after the (empty) name.
 /// A client's unnamed statement is its own; pgcat compares it with the
 /// server's before a Bind and prepares it again where it differs.
+///
+/// With `cache_unnamed_statements`, `remap` is the statement pgcat runs in
+/// its place: the same text prepared under pgcat's name, which the
+/// client's Binds and Describes of its unnamed statement name instead.
 #[derive(Debug)]
 pub struct Unnamed {
     pub body: Box<[u8]>,
     pub hints: QueryHints,
+    pub remap: Option<Arc<Prepared>>,
 }
 
 impl Unnamed {
@@ -159,6 +164,17 @@ impl Unnamed {
         Unnamed {
             body: text_and_types.into(),
             hints: QueryHints::scan(query),
+            remap: None,
+        }
+    }
+
+    /// An unnamed statement that runs as a statement under pgcat's name.
+    pub fn remapped(text_and_types: &[u8], query: &[u8], param_types: &[u8]) -> Self {
+        let prepared = Prepared::new(text_and_types, query, param_types);
+        Unnamed {
+            body: text_and_types.into(),
+            hints: prepared.hints.clone(),
+            remap: Some(Arc::new(prepared)),
         }
     }
 
@@ -168,6 +184,7 @@ impl Unnamed {
         Arc::new(Unnamed {
             body: Box::default(),
             hints: QueryHints::default(),
+            remap: None,
         })
     }
 

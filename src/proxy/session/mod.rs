@@ -250,6 +250,11 @@ struct Held {
     client_unnamed: Option<Arc<Unnamed>>,
     /// Those of the open tickets that are the client's own.
     client_unnamed_pending: usize,
+    /// `to_client` holds only replies pgcat wrote itself (a ParseComplete
+    /// for a statement the server has) ahead of replies the server owes:
+    /// they go out with the server's, in one write, rather than in a
+    /// write of their own.
+    hold_client: bool,
 }
 
 impl Held {
@@ -273,6 +278,7 @@ impl Held {
             unnamed_pending: 0,
             client_unnamed: None,
             client_unnamed_pending: 0,
+            hold_client: false,
         }
     }
 
@@ -333,6 +339,7 @@ impl Held {
         self.unnamed_pending = 0;
         self.client_unnamed = None;
         self.client_unnamed_pending = 0;
+        self.hold_client = false;
     }
 }
 
@@ -450,7 +457,10 @@ struct Session {
 /// small: every idle client carries them.
 #[derive(Debug, Clone, Copy, Default)]
 struct Limits {
-    statement_cache_size: u32,
+    /// `prepared_statements_cache_size` in the low 31 bits,
+    /// `cache_unnamed_statements` in the top one (a byte more would take
+    /// every idle session into the next allocator size class).
+    statement_cache: u32,
     max_prepared_statements: u32,
     max_buffered_message: u32,
     /// `stalled_client_timeout`, ms (0: none).
@@ -461,6 +471,8 @@ struct Limits {
     client_idle_ms: u32,
 }
 
+const CACHE_UNNAMED: u32 = 1 << 31;
+
 fn clamp32(v: u64) -> u32 {
     v.min(u32::MAX as u64) as u32
 }
@@ -468,7 +480,13 @@ fn clamp32(v: u64) -> u32 {
 impl Limits {
     fn new(general: &super::config::General, pool: &super::pool::PoolSettings) -> Limits {
         Limits {
-            statement_cache_size: clamp32(pool.statement_cache_size as u64),
+            statement_cache: (pool.statement_cache_size as u64).min((CACHE_UNNAMED - 1) as u64)
+                as u32
+                | if pool.cache_unnamed_statements {
+                    CACHE_UNNAMED
+                } else {
+                    0
+                },
             max_prepared_statements: clamp32(pool.max_prepared_statements as u64),
             max_buffered_message: clamp32(general.max_buffered_message as u64),
             stall_ms: clamp32(general.stalled_client_timeout),
@@ -497,7 +515,11 @@ impl Limits {
     }
 
     fn statement_cache_size(&self) -> usize {
-        self.statement_cache_size as usize
+        (self.statement_cache & !CACHE_UNNAMED) as usize
+    }
+
+    fn cache_unnamed(&self) -> bool {
+        self.statement_cache & CACHE_UNNAMED != 0
     }
 
     fn max_prepared_statements(&self) -> usize {

@@ -172,7 +172,7 @@ impl Session {
 
     /// Why a pump with nothing to do is waiting on its client, if it is.
     fn client_wait(&self) -> ClientWait {
-        if !self.held.to_client.is_empty() {
+        if !self.held.to_client.is_empty() && !self.holds_client() {
             // What is left after a write returned Pending: the client's
             // socket is full.
             return ClientWait::Reading;
@@ -191,6 +191,12 @@ impl Session {
             return ClientWait::InTransaction;
         }
         ClientWait::Nothing
+    }
+
+    /// Whether the replies in `to_client` wait for the server's (see
+    /// `Held::hold_client`).
+    fn holds_client(&self) -> bool {
+        self.held.hold_client && self.held.to_client.len() < HIGH_WATER
     }
 
     fn release_ready(&self) -> bool {
@@ -230,7 +236,7 @@ impl Session {
                     Poll::Pending => break,
                 }
             }
-            while !self.held.to_client.is_empty() {
+            while !self.held.to_client.is_empty() && !self.holds_client() {
                 match Pin::new(&mut self.client).poll_write(cx, &self.held.to_client) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(Outcome::ClientGone)
@@ -315,7 +321,14 @@ impl Session {
     ) -> Result<(), Outcome> {
         let mirrored_from = self.held.to_server.len();
         let starts_transaction = self.held.tracker.is_idle();
+        let replied = self.held.to_client.len();
         let result = self.process_client_messages(server);
+        if self.held.to_client.len() > replied
+            && (replied == 0 || self.held.hold_client)
+            && self.held.tracker.awaiting_replies()
+        {
+            self.held.hold_client = true;
+        }
         if !mirrors.is_empty() && self.held.to_server.len() > mirrored_from {
             let mut copy: Option<(Bytes, Instant)> = None;
             for m in mirrors.iter_mut() {
@@ -545,6 +558,9 @@ impl Session {
     ) -> Result<(), Outcome> {
         let transaction = self.mode == PoolMode::Transaction;
         let held = &mut *self.held;
+        // The server is answering: what pgcat wrote itself goes out with
+        // its replies.
+        held.hold_client = false;
         let mut pos = 0;
         let mut run_start = 0;
         let mut ready = false;
@@ -579,7 +595,11 @@ impl Session {
                 b'C' if transaction => {
                     let effects = Effects::of_tag(body);
                     if effects.contains(Effects::CLIENT_STATEMENTS) {
+                        // DEALLOCATE ALL, DISCARD ALL: the server has no
+                        // named statement left, pgcat's included, from
+                        // here on (later in this very transaction too).
                         self.cs.statements.clear();
+                        server.statements.clear();
                     }
                     held.effects |= effects;
                 }

@@ -36,15 +36,18 @@ const NAMES_PER_CHECKOUT: usize = 256;
 /// What one ticketed expectation stands for.
 #[derive(Debug)]
 pub(super) enum Ticket {
-    /// A Parse under pgcat's name went to the server; `client` is the
-    /// client's name for it when the client sent the Parse (pgcat's own
-    /// re-prepares have none).
-    ServerParse {
-        id: StatementId,
-        client: Option<Box<[u8]>>,
-    },
+    /// A Parse under pgcat's name went to the server, for `client`.
+    ServerParse { id: StatementId, client: ParseFor },
     /// A Parse pgcat answered itself: the name goes if it was skipped.
     ClientParse(Box<[u8]>),
+    /// A Parse of the client's unnamed statement that pgcat answered
+    /// itself (`cache_unnamed_statements`, the server has the statement):
+    /// the client's unnamed statement becomes this one if it was done,
+    /// none if it failed.
+    ClientUnnamed(Arc<Unnamed>),
+    /// pgcat's check of such a Parse: when it failed, the client's Parse
+    /// failed, and its unnamed statement is gone.
+    UnnamedCheck,
     /// A Close pgcat answered itself: the name comes back if skipped.
     ClientClose(Box<[u8]>, Arc<Prepared>),
     /// A `DEALLOCATE` pgcat answered itself: the name comes back if it
@@ -64,6 +67,18 @@ pub(super) enum Ticket {
     },
 }
 
+/// Whose Parse a Parse under pgcat's name is.
+#[derive(Debug)]
+pub(super) enum ParseFor {
+    /// pgcat's own, to prepare a statement again: the reply is hidden.
+    Pgcat,
+    /// The client's Parse under this name of its own.
+    Named(Box<[u8]>),
+    /// The client's Parse of its unnamed statement, which runs as this
+    /// statement under pgcat's name (`cache_unnamed_statements`).
+    Unnamed(Arc<Unnamed>),
+}
+
 impl Session {
     pub(super) fn rewrite_client(
         &mut self,
@@ -78,6 +93,10 @@ impl Session {
                 self.held.counts.client_parses += 1;
                 let (name, rest) = read_cstr(body, "Parse").map_err(|_| malformed("Parse"))?;
                 let (query, types) = read_cstr(rest, "Parse").map_err(|_| malformed("Parse"))?;
+                if name.is_empty() && self.limits.cache_unnamed() {
+                    self.parse_unnamed_remapped(server, rest, query, types);
+                    return Ok(());
+                }
                 if name.is_empty() {
                     self.held.counts.server_parses += 1;
                     let unnamed = match &self.cs.unnamed {
@@ -99,7 +118,7 @@ impl Session {
                     // PostgreSQL parses the text before it looks at the
                     // name: a statement that does not parse fails with
                     // its own error.
-                    self.check_parse(query, types);
+                    self.check_parse(query, types, None);
                     let msg = format!(
                         "prepared statement \"{}\" already exists",
                         String::from_utf8_lossy(name)
@@ -124,7 +143,7 @@ impl Session {
                     // Answered by pgcat; unless the server may be in a
                     // failed transaction, where PostgreSQL refuses a Parse.
                     if self.held.tracker.status() != b'I' || self.held.tracker.awaiting_replies() {
-                        self.check_parse(query, types);
+                        self.check_parse(query, types, None);
                     }
                     self.held
                         .tracker
@@ -137,14 +156,19 @@ impl Session {
                         h.tracker.emit_due(&mut h.to_client);
                     }
                 } else {
-                    self.prepare_on_server(server, &prepared, Some(name));
+                    self.prepare_on_server(server, &prepared, ParseFor::Named(name.into()));
                 }
             }
             b'B' => {
                 self.held.counts.binds += 1;
                 let (portal, rest) = read_cstr(body, "Bind").map_err(|_| malformed("Bind"))?;
                 let (name, rest) = read_cstr(rest, "Bind").map_err(|_| malformed("Bind"))?;
-                if name.is_empty() {
+                let prepared = if name.is_empty() {
+                    self.unnamed_remap()
+                } else {
+                    self.cs.statements.get(name).cloned()
+                };
+                if name.is_empty() && prepared.is_none() {
                     self.ensure_unnamed();
                     if let Some(u) = &self.cs.unnamed {
                         if !u.hints.is_empty() {
@@ -155,7 +179,7 @@ impl Session {
                     self.forward_as_is(tag, msg);
                     return Ok(());
                 }
-                let Some(prepared) = self.cs.statements.get(name).cloned() else {
+                let Some(prepared) = prepared else {
                     // PostgreSQL's own 26000 names the client's statement.
                     self.forward_as_is(tag, msg);
                     return Ok(());
@@ -181,12 +205,17 @@ impl Session {
                     self.forward_as_is(tag, msg);
                     return Ok(());
                 }
-                if name.is_empty() {
+                let prepared = if name.is_empty() {
+                    self.unnamed_remap()
+                } else {
+                    self.cs.statements.get(name).cloned()
+                };
+                if name.is_empty() && prepared.is_none() {
                     self.ensure_unnamed();
                     self.forward_as_is(tag, msg);
                     return Ok(());
                 }
-                let Some(prepared) = self.cs.statements.get(name).cloned() else {
+                let Some(prepared) = prepared else {
                     self.forward_as_is(tag, msg);
                     return Ok(());
                 };
@@ -253,9 +282,11 @@ impl Session {
     ) {
         self.held.counts.binds += 1;
         let prefix = HEADER_LEN + portal.len() + 1 + name.len() + 1;
-        let prepared = (!name.is_empty())
-            .then(|| self.cs.statements.get(name).cloned())
-            .flatten();
+        let prepared = if name.is_empty() {
+            self.unnamed_remap()
+        } else {
+            self.cs.statements.get(name).cloned()
+        };
         match prepared {
             Some(p) => {
                 self.ensure_prepared(server, &p);
@@ -326,12 +357,16 @@ impl Session {
     /// it again, both replies hidden: the client sees the errors PostgreSQL
     /// would raise for its Parse (bad text, a failed transaction), and
     /// nothing else.
-    fn check_parse(&mut self, query: &[u8], types: &[u8]) {
+    /// `ticket` stands for the check's Parse.
+    fn check_parse(&mut self, query: &[u8], types: &[u8], ticket: Option<Ticket>) {
         messages::parse(&mut self.held.to_server, CHECK_NAME, query, types);
         self.held.tracker.push_extended(Expect::Parse {
             swallow: true,
-            ticket: false,
+            ticket: ticket.is_some(),
         });
+        if let Some(t) = ticket {
+            self.held.tickets.push_back(t);
+        }
         messages::close(&mut self.held.to_server, b'S', CHECK_NAME);
         self.held.tracker.push_extended(Expect::Close {
             swallow: true,
@@ -448,18 +483,61 @@ impl Session {
 
     fn ensure_prepared(&mut self, server: &mut Server, prepared: &Prepared) {
         if !server.statements.contains(prepared.id) {
-            self.prepare_on_server(server, prepared, None);
+            self.prepare_on_server(server, prepared, ParseFor::Pgcat);
         }
     }
 
-    /// Sends a Parse under pgcat's name; `client` is the client's name
-    /// when the client asked for it (its reply then goes to the client).
-    fn prepare_on_server(
+    /// The statement the client's unnamed statement runs as, when it was
+    /// parsed with `cache_unnamed_statements`.
+    fn unnamed_remap(&self) -> Option<Arc<Prepared>> {
+        self.cs.unnamed.as_ref().and_then(|u| u.remap.clone())
+    }
+
+    /// `cache_unnamed_statements`: the client's Parse of its unnamed
+    /// statement becomes a Parse of the same text under pgcat's name, or
+    /// is answered by pgcat when the server already has that statement;
+    /// the client's Binds and Describes of its unnamed statement then
+    /// name it. PostgreSQL plans it once per server connection.
+    fn parse_unnamed_remapped(
         &mut self,
         server: &mut Server,
-        prepared: &Prepared,
-        client: Option<&[u8]>,
+        rest: &[u8],
+        query: &[u8],
+        types: &[u8],
     ) {
+        let unnamed = match &self.cs.unnamed {
+            Some(u) if u.remap.is_some() && *u.body == *rest => u.clone(),
+            _ => Arc::new(Unnamed::remapped(rest, query, types)),
+        };
+        let Some(prepared) = unnamed.remap.clone() else {
+            unreachable!("a remapped statement has its remap");
+        };
+        if server.statements.contains(prepared.id) {
+            // As for a named statement: the server checks the Parse when
+            // it may be in a failed transaction.
+            if self.held.tracker.status() != b'I' || self.held.tracker.awaiting_replies() {
+                // A failure of the check is the client's Parse failing:
+                // its unnamed statement is gone, as in PostgreSQL.
+                self.check_parse(query, types, Some(Ticket::UnnamedCheck));
+            }
+            self.held
+                .tracker
+                .push_extended(Expect::Synthetic(Synthetic::ParseComplete, true));
+            self.held
+                .tickets
+                .push_back(Ticket::ClientUnnamed(unnamed.clone()));
+            let h = &mut *self.held;
+            h.tracker.emit_due(&mut h.to_client);
+        } else {
+            self.prepare_on_server(server, &prepared, ParseFor::Unnamed(unnamed.clone()));
+        }
+        self.cs.unnamed = Some(unnamed);
+        self.held.client_unnamed_pending += 1;
+    }
+
+    /// Sends a Parse under pgcat's name; its reply goes to the client
+    /// when `client` is the client's Parse.
+    fn prepare_on_server(&mut self, server: &mut Server, prepared: &Prepared, client: ParseFor) {
         if server.statements.take_taken(prepared.id) {
             messages::close(&mut self.held.to_server, b'S', &prepared.name);
             self.held.tracker.push_extended(Expect::Close {
@@ -469,12 +547,12 @@ impl Session {
         }
         self.held.to_server.extend_from_slice(&prepared.parse);
         self.held.tracker.push_extended(Expect::Parse {
-            swallow: client.is_none(),
+            swallow: matches!(client, ParseFor::Pgcat),
             ticket: true,
         });
         self.held.tickets.push_back(Ticket::ServerParse {
             id: prepared.id,
-            client: client.map(Into::into),
+            client,
         });
         self.held.counts.server_parses += 1;
         if let Some(evicted) = server
@@ -527,37 +605,42 @@ impl Session {
 
     fn settle(&mut self, server: &mut Server, ticket: Ticket, outcome: Ended) {
         match ticket {
-            Ticket::ServerParse { id, client } => match outcome {
-                Ended::Done => {
-                    let mut known = self.state.known_statements.lock();
-                    if known.len() > 10 * self.limits.statement_cache_size().max(1) {
-                        known.clear();
+            Ticket::ServerParse { id, client } => {
+                match outcome {
+                    Ended::Done => {
+                        let mut known = self.state.known_statements.lock();
+                        if known.len() > 10 * self.limits.statement_cache_size().max(1) {
+                            known.clear();
+                        }
+                        known.insert(id);
                     }
-                    known.insert(id);
-                }
-                Ended::Failed(code) => {
-                    if &code == b"42P05" {
+                    Ended::Failed(code) if &code == b"42P05" => {
                         // Something is there under pgcat's name, put
                         // there behind its back: closed and prepared
                         // again next time, so that what runs is ours.
                         server.statements.mark_taken(id);
-                    } else {
-                        server.statements.remove(id);
                     }
-                    if let Some(name) = client {
-                        self.cs.statements.restore(name, None);
-                    }
+                    Ended::Failed(_) | Ended::Skipped => server.statements.remove(id),
                 }
-                Ended::Skipped => {
-                    server.statements.remove(id);
-                    if let Some(name) = client {
-                        self.cs.statements.restore(name, None);
+                match client {
+                    ParseFor::Pgcat => {}
+                    ParseFor::Named(name) => {
+                        if outcome != Ended::Done {
+                            self.cs.statements.restore(name, None);
+                        }
                     }
+                    ParseFor::Unnamed(value) => self.settle_client_unnamed(value, outcome),
                 }
-            },
+            }
             Ticket::ClientParse(name) => {
                 if outcome != Ended::Done {
                     self.cs.statements.restore(name, None);
+                }
+            }
+            Ticket::ClientUnnamed(value) => self.settle_client_unnamed(value, outcome),
+            Ticket::UnnamedCheck => {
+                if let Ended::Failed(_) = outcome {
+                    self.held.client_unnamed = None;
                 }
             }
             Ticket::ClientClose(name, prepared) => {
@@ -572,12 +655,17 @@ impl Session {
                 self.held.client_unnamed_pending -= 1;
                 self.held.client_unnamed = None;
             }
-            Ticket::Bind(id) => {
-                if outcome == Ended::Failed(*b"26000") {
-                    // The server lost it: prepare it again next time.
-                    server.statements.remove(id);
-                }
-            }
+            Ticket::Bind(id) => match outcome {
+                // The server lost it: prepare it again next time.
+                Ended::Failed(code) if &code == b"26000" => server.statements.remove(id),
+                // "cached plan must not change result type": a table
+                // the statement reads changed its columns since the
+                // server prepared it. Closed and prepared again next
+                // time (PostgreSQL itself never replans into another
+                // result type; a direct client would prepare anew).
+                Ended::Failed(code) if &code == b"0A000" => server.statements.mark_taken(id),
+                _ => {}
+            },
             Ticket::Evict(id) => {
                 if outcome != Ended::Done {
                     server.statements.restore(id);
@@ -599,6 +687,19 @@ impl Session {
                 }
                 server.unnamed = value;
             }
+        }
+    }
+
+    /// What became of a Parse of the client's unnamed statement that does
+    /// not change the server's (a remapped one): a failed Parse drops the
+    /// client's unnamed statement, as PostgreSQL's does; a skipped one
+    /// leaves the one before.
+    fn settle_client_unnamed(&mut self, value: Arc<Unnamed>, outcome: Ended) {
+        self.held.client_unnamed_pending -= 1;
+        match outcome {
+            Ended::Done => self.held.client_unnamed = Some(value),
+            Ended::Failed(_) => self.held.client_unnamed = None,
+            Ended::Skipped => {}
         }
     }
 
