@@ -140,21 +140,7 @@ impl Session {
                     return Ok(());
                 }
                 if server.statements.contains(prepared.id) {
-                    // Answered by pgcat; unless the server may be in a
-                    // failed transaction, where PostgreSQL refuses a Parse.
-                    if self.held.tracker.status() != b'I' || self.held.tracker.awaiting_replies() {
-                        self.check_parse(query, types, None);
-                    }
-                    self.held
-                        .tracker
-                        .push_extended(Expect::Synthetic(Synthetic::ParseComplete, true));
-                    self.held
-                        .tickets
-                        .push_back(Ticket::ClientParse(name.into()));
-                    {
-                        let h = &mut *self.held;
-                        h.tracker.emit_due(&mut h.to_client);
-                    }
+                    self.answer_parse(query, types, None, Ticket::ClientParse(name.into()));
                 } else {
                     self.prepare_on_server(server, &prepared, ParseFor::Named(name.into()));
                 }
@@ -513,26 +499,35 @@ impl Session {
             unreachable!("a remapped statement has its remap");
         };
         if server.statements.contains(prepared.id) {
-            // As for a named statement: the server checks the Parse when
-            // it may be in a failed transaction.
-            if self.held.tracker.status() != b'I' || self.held.tracker.awaiting_replies() {
-                // A failure of the check is the client's Parse failing:
-                // its unnamed statement is gone, as in PostgreSQL.
-                self.check_parse(query, types, Some(Ticket::UnnamedCheck));
-            }
-            self.held
-                .tracker
-                .push_extended(Expect::Synthetic(Synthetic::ParseComplete, true));
-            self.held
-                .tickets
-                .push_back(Ticket::ClientUnnamed(unnamed.clone()));
-            let h = &mut *self.held;
-            h.tracker.emit_due(&mut h.to_client);
+            // A failure of the check is the client's Parse failing: its
+            // unnamed statement is gone, as in PostgreSQL.
+            self.answer_parse(
+                query,
+                types,
+                Some(Ticket::UnnamedCheck),
+                Ticket::ClientUnnamed(unnamed.clone()),
+            );
         } else {
             self.prepare_on_server(server, &prepared, ParseFor::Unnamed(unnamed.clone()));
         }
         self.cs.unnamed = Some(unnamed);
         self.held.client_unnamed_pending += 1;
+    }
+
+    /// Answers the client's Parse of a statement the server has, with
+    /// `ticket`: a ParseComplete at its place in the pipeline. Where the
+    /// server may be in a failed transaction (PostgreSQL refuses a Parse
+    /// there) it checks the text first, the check carrying `check`.
+    fn answer_parse(&mut self, query: &[u8], types: &[u8], check: Option<Ticket>, ticket: Ticket) {
+        if self.held.tracker.status() != b'I' || self.held.tracker.awaiting_replies() {
+            self.check_parse(query, types, check);
+        }
+        self.held
+            .tracker
+            .push_extended(Expect::Synthetic(Synthetic::ParseComplete, true));
+        self.held.tickets.push_back(ticket);
+        let h = &mut *self.held;
+        h.tracker.emit_due(&mut h.to_client);
     }
 
     /// Sends a Parse under pgcat's name; its reply goes to the client
