@@ -5,7 +5,6 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use support::wire::Wire;
 use support::*;
 
 fn pgbench(proxy: &TestProxy, db: &TestDb, args: &[&str]) -> Command {
@@ -123,24 +122,23 @@ async fn pgbench_extended_with_unnamed_statements_cached() {
     assert_eq!(history, "900");
     // The server connection this query gets holds TPC-B's statements
     // under pgcat's names, each run many times from one Parse.
-    let mut w = Wire::connect(
-        "127.0.0.1",
-        proxy.port,
-        &db.user,
-        &db.password,
-        &db.name,
-        &[],
-    )
-    .await
-    .unwrap();
-    let held = w
-        .value(
+    let client = proxy.connect(&db).await;
+    let held = client
+        .simple_query(
             "SELECT count(*)::text || ' ' || (min(generic_plans + custom_plans) > 1)::text \
              FROM pg_prepared_statements WHERE name LIKE 'pgcat\\_%' AND statement LIKE '%pgbench_%'",
         )
-        .await;
+        .await
+        .unwrap();
+    let held = held
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no row: {held:?}"));
     assert_eq!(held, "5 true", "UPDATE x3, SELECT, INSERT: {held}");
-    w.terminate().await;
+    drop(client);
     proxy.stop().await;
 }
 

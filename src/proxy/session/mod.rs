@@ -480,8 +480,7 @@ fn clamp32(v: u64) -> u32 {
 impl Limits {
     fn new(general: &super::config::General, pool: &super::pool::PoolSettings) -> Limits {
         Limits {
-            statement_cache: (pool.statement_cache_size as u64).min((CACHE_UNNAMED - 1) as u64)
-                as u32
+            statement_cache: clamp32(pool.statement_cache_size as u64).min(CACHE_UNNAMED - 1)
                 | if pool.cache_unnamed_statements {
                     CACHE_UNNAMED
                 } else {

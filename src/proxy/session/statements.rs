@@ -149,11 +149,7 @@ impl Session {
                 self.held.counts.binds += 1;
                 let (portal, rest) = read_cstr(body, "Bind").map_err(|_| malformed("Bind"))?;
                 let (name, rest) = read_cstr(rest, "Bind").map_err(|_| malformed("Bind"))?;
-                let prepared = if name.is_empty() {
-                    self.unnamed_remap()
-                } else {
-                    self.cs.statements.get(name).cloned()
-                };
+                let prepared = self.statement_for(name);
                 if name.is_empty() && prepared.is_none() {
                     self.ensure_unnamed();
                     if let Some(u) = &self.cs.unnamed {
@@ -191,11 +187,7 @@ impl Session {
                     self.forward_as_is(tag, msg);
                     return Ok(());
                 }
-                let prepared = if name.is_empty() {
-                    self.unnamed_remap()
-                } else {
-                    self.cs.statements.get(name).cloned()
-                };
+                let prepared = self.statement_for(name);
                 if name.is_empty() && prepared.is_none() {
                     self.ensure_unnamed();
                     self.forward_as_is(tag, msg);
@@ -268,11 +260,7 @@ impl Session {
     ) {
         self.held.counts.binds += 1;
         let prefix = HEADER_LEN + portal.len() + 1 + name.len() + 1;
-        let prepared = if name.is_empty() {
-            self.unnamed_remap()
-        } else {
-            self.cs.statements.get(name).cloned()
-        };
+        let prepared = self.statement_for(name);
         match prepared {
             Some(p) => {
                 self.ensure_prepared(server, &p);
@@ -473,10 +461,16 @@ impl Session {
         }
     }
 
-    /// The statement the client's unnamed statement runs as, when it was
+    /// The statement under pgcat's name that a Bind or Describe of the
+    /// client's statement `name` runs: one of its named statements, or,
+    /// for the empty name, what its unnamed statement runs as when it was
     /// parsed with `cache_unnamed_statements`.
-    fn unnamed_remap(&self) -> Option<Arc<Prepared>> {
-        self.cs.unnamed.as_ref().and_then(|u| u.remap.clone())
+    fn statement_for(&self, name: &[u8]) -> Option<Arc<Prepared>> {
+        if name.is_empty() {
+            self.cs.unnamed.as_ref().and_then(|u| u.remap.clone())
+        } else {
+            self.cs.statements.get(name).cloned()
+        }
     }
 
     /// `cache_unnamed_statements`: the client's Parse of its unnamed
