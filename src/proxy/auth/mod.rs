@@ -163,6 +163,28 @@ pub async fn authenticate_client<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut last = BytesMut::new();
+    let keys = authenticate_client_then(stream, buf, user, auth, end_point, &mut last).await?;
+    stream.write_all(&last).await?;
+    Ok(keys)
+}
+
+/// [`authenticate_client`], except that the exchange's last message on
+/// success (SCRAM's AuthenticationSASLFinal) is appended to `last`
+/// instead of written: the caller sends it with what follows
+/// (AuthenticationOk .. ReadyForQuery), in one write, so that the client
+/// reads the end of its login at once.
+pub async fn authenticate_client_then<S>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    user: &str,
+    auth: &ClientAuth,
+    end_point: Option<&[u8]>,
+    last: &mut BytesMut,
+) -> Result<Option<ClientKeys>, ClientAuthError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut out = BytesMut::with_capacity(128);
     match auth {
         ClientAuth::Trust => Ok(None),
@@ -222,9 +244,7 @@ where
             let msg = expect_password_message(stream, buf).await?;
             match server.finish_with_key(&msg) {
                 Ok((server_final, keys)) => {
-                    out.clear();
-                    messages::auth_sasl_final(&mut out, server_final.as_bytes());
-                    stream.write_all(&out).await?;
+                    messages::auth_sasl_final(last, server_final.as_bytes());
                     Ok(Some(keys))
                 }
                 Err(scram::ScramError::BadProof) => {
@@ -406,6 +426,7 @@ pub fn refuse(out: &mut BytesMut, code: &str, message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn md5_client_login_round_trip() {
@@ -426,6 +447,48 @@ mod tests {
         let reply = login.step(&msg.body).unwrap().unwrap();
         theirs.write_all(&reply).await.unwrap();
         server.await.unwrap().unwrap();
+    }
+
+    /// With `authenticate_client_then`, SCRAM's last message is left to
+    /// the caller (which sends it with AuthenticationOk .. ReadyForQuery
+    /// in one write): nothing after SASLContinue reaches the stream, and
+    /// `last` holds an AuthenticationSASLFinal the client accepts.
+    #[tokio::test]
+    async fn scram_final_message_is_left_to_the_caller() {
+        let auth = ClientAuth::new(AuthMethod::ScramSha256, "bob", "pw").unwrap();
+        let (mut ours, mut theirs) = tokio::io::duplex(4096);
+        let server = tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            let mut last = BytesMut::new();
+            let keys =
+                authenticate_client_then(&mut ours, &mut buf, "bob", &auth, None, &mut last).await;
+            (keys.map(|k| k.is_some()), last)
+        });
+        let mut login = ServerLogin::new("bob", Some("pw"));
+        let mut buf = BytesMut::new();
+        for _ in 0..2 {
+            let msg = wire::read_message(&mut theirs, &mut buf, 1000)
+                .await
+                .unwrap();
+            let reply = login.step(&msg.body).unwrap().unwrap();
+            theirs.write_all(&reply).await.unwrap();
+        }
+        let (keys, last) = server.await.unwrap();
+        assert!(keys.unwrap(), "SCRAM gives the client's keys");
+        // The server side is gone (dropped with its task): whatever it
+        // wrote after SASLContinue would be here.
+        let mut rest = Vec::new();
+        theirs.read_to_end(&mut rest).await.unwrap();
+        assert!(buf.is_empty() && rest.is_empty(), "written: {rest:?}");
+        let mut last_stream: &[u8] = &last;
+        let mut lbuf = BytesMut::new();
+        let msg = wire::read_message(&mut last_stream, &mut lbuf, 1000)
+            .await
+            .unwrap();
+        assert_eq!(msg.tag, b'R');
+        assert_eq!(&msg.body[..4], &12i32.to_be_bytes());
+        assert!(login.step(&msg.body).unwrap().unwrap().is_empty());
+        assert!(last_stream.is_empty(), "one message in `last`");
     }
 
     #[tokio::test]

@@ -184,6 +184,10 @@ pub(super) async fn login(
         (other, _) => other.clone(),
     };
     drop(pools);
+    // The exchange's last message (SCRAM's AuthenticationSASLFinal), sent
+    // with AuthenticationOk .. ReadyForQuery, or ahead of the error when
+    // the login fails after the password was checked.
+    let mut last = BytesMut::new();
     let auth = match (&client_auth, &pool.settings.auth_query) {
         // md5 against a fetched hash: a mismatch fetches it again, and the
         // new hash is tried (PgCat's behaviour).
@@ -210,12 +214,13 @@ pub(super) async fn login(
         }
         _ => tokio::time::timeout_at(
             deadline,
-            auth::authenticate_client(
+            auth::authenticate_client_then(
                 &mut stream,
                 &mut buf,
                 &user,
                 &client_auth,
                 end_point.as_deref(),
+                &mut last,
             ),
         )
         .await
@@ -259,8 +264,9 @@ pub(super) async fn login(
                 match shared.pools.load().lookup(&database, &user) {
                     Lookup::Found(p) => pool = p,
                     _ => {
-                        refuse(
+                        refuse_after(
                             &mut stream,
+                            last,
                             "08006",
                             "pgcat: the pool was removed by a reload",
                         )
@@ -271,11 +277,11 @@ pub(super) async fn login(
             }
             Err(LoginError::Refused(code, message)) => {
                 tracing::info!(%peer, %user, %database, %message, "startup settings refused");
-                refuse(&mut stream, &code, &message).await;
+                refuse_after(&mut stream, last, &code, &message).await;
                 return None;
             }
             Err(e) => {
-                refuse(&mut stream, "08006", &format!("pgcat: {e}")).await;
+                refuse_after(&mut stream, last, "08006", &format!("pgcat: {e}")).await;
                 return None;
             }
         }
@@ -300,7 +306,8 @@ pub(super) async fn login(
         },
     });
     let registration = shared.cancel.register(info.clone());
-    let mut out = BytesMut::with_capacity(512);
+    let mut out = last;
+    out.reserve(512);
     messages::auth_ok(&mut out);
     for (k, v) in reported.iter() {
         messages::parameter_status(&mut out, k, v);
@@ -510,7 +517,12 @@ async fn upgrade(
 
 /// Sends a FATAL error and gives up on the connection.
 pub(super) async fn refuse(stream: &mut Stream, code: &str, message: &str) {
-    let mut out = BytesMut::new();
+    refuse_after(stream, BytesMut::new(), code, message).await
+}
+
+/// [`refuse`], the error written after `out` (what the login still owed
+/// the client), in the same write.
+async fn refuse_after(stream: &mut Stream, mut out: BytesMut, code: &str, message: &str) {
     auth::refuse(&mut out, code, message);
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
