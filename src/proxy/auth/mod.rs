@@ -449,6 +449,21 @@ mod tests {
         server.await.unwrap().unwrap();
     }
 
+    /// The client's side of SCRAM up to its proof, played with
+    /// ServerLogin (the code pgcat uses towards PostgreSQL): answers
+    /// AuthenticationSASL and AuthenticationSASLContinue.
+    async fn scram_client_first_steps(
+        theirs: &mut tokio::io::DuplexStream,
+        buf: &mut BytesMut,
+        login: &mut ServerLogin,
+    ) {
+        for _ in 0..2 {
+            let msg = wire::read_message(theirs, buf, 1000).await.unwrap();
+            let reply = login.step(&msg.body).unwrap().unwrap();
+            theirs.write_all(&reply).await.unwrap();
+        }
+    }
+
     /// With `authenticate_client_then`, SCRAM's last message is left to
     /// the caller (which sends it with AuthenticationOk .. ReadyForQuery
     /// in one write): nothing after SASLContinue reaches the stream, and
@@ -466,13 +481,7 @@ mod tests {
         });
         let mut login = ServerLogin::new("bob", Some("pw"));
         let mut buf = BytesMut::new();
-        for _ in 0..2 {
-            let msg = wire::read_message(&mut theirs, &mut buf, 1000)
-                .await
-                .unwrap();
-            let reply = login.step(&msg.body).unwrap().unwrap();
-            theirs.write_all(&reply).await.unwrap();
-        }
+        scram_client_first_steps(&mut theirs, &mut buf, &mut login).await;
         let (keys, last) = server.await.unwrap();
         assert!(keys.unwrap(), "SCRAM gives the client's keys");
         // The server side is gone (dropped with its task): whatever it
@@ -502,13 +511,7 @@ mod tests {
             });
             let mut login = ServerLogin::new("bob", Some(password));
             let mut buf = BytesMut::new();
-            for _ in 0..2 {
-                let msg = wire::read_message(&mut theirs, &mut buf, 1000)
-                    .await
-                    .unwrap();
-                let reply = login.step(&msg.body).unwrap().unwrap();
-                theirs.write_all(&reply).await.unwrap();
-            }
+            scram_client_first_steps(&mut theirs, &mut buf, &mut login).await;
             let result = server.await.unwrap();
             if ok {
                 result.unwrap();
