@@ -243,6 +243,22 @@ async fn configured_keepalives_read_back_on_client_and_server_sockets() {
         .collect();
     assert_eq!(mine.len(), 1, "the old pool's connection is gone: {mine:?}");
     check(mine[0], "11");
+    // So do client connections accepted after it: pgcat sets the options
+    // on the listening socket, which new connections copy.
+    let second = proxy.connect(&db).await;
+    second.batch_execute("SELECT 1").await.unwrap();
+    let clients = admin_rows(&admin, "SHOW CLIENTS").await;
+    let mut idles: Vec<_> = clients
+        .iter()
+        .filter(|r| r["database"].as_deref() == Some(db.name.as_str()))
+        .map(|r| r["keepalive_idle"].clone().unwrap())
+        .collect();
+    idles.sort();
+    assert_eq!(
+        idles,
+        ["11", "7"],
+        "the first client keeps its socket's settings"
+    );
     proxy.stop().await;
 }
 

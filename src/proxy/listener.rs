@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
+use super::net::{Listening, SocketSettings};
 use super::protocol::messages::{self, Severity};
 use super::stats::KillSwitch;
 use super::{session, Shared};
@@ -30,7 +31,12 @@ fn refuse_at_once(stream: &TcpStream, limit: usize) {
     tracing::debug!(limit, "client refused: max_client_conn reached");
 }
 
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    listener: TcpListener,
+    mut listening: Listening,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) {
     let clients = TaskTracker::new();
     tokio::pin!(shutdown);
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -39,7 +45,20 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let limit = shared.config.load().general.max_client_conn;
+                    let config = shared.config.load();
+                    let general = &config.general;
+                    // TCP_NODELAY, keepalives and TCP_USER_TIMEOUT: the
+                    // listener's, unless a reload just changed them.
+                    if let Err(e) = listening.accepted(
+                        &listener,
+                        &stream,
+                        SocketSettings::from_general(general),
+                        general.listen_backlog,
+                    ) {
+                        tracing::debug!(%peer, error = %e, "could not set socket options");
+                    }
+                    let limit = general.max_client_conn;
+                    drop(config);
                     if clients.len() >= limit {
                         refuse_at_once(&stream, limit);
                         continue;

@@ -79,6 +79,17 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The local address of an accepted client connection: the listen
+    /// address when it names one (no getsockname per login), else what
+    /// the kernel says.
+    pub fn local_addr_of(&self, tcp: &tokio::net::TcpStream) -> io::Result<SocketAddr> {
+        if self.listen_addr.ip().is_unspecified() {
+            tcp.local_addr()
+        } else {
+            Ok(self.listen_addr)
+        }
+    }
+
     pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
     }
@@ -157,7 +168,9 @@ impl Proxy {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<ProxyHandle> {
         let addr = format!("{}:{}", config.general.host, config.general.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
+        let socket = net::SocketSettings::from_general(&config.general);
+        let listening = net::Listening::new(socket, config.general.listen_backlog);
+        let listener = net::listen(&addr, &socket, config.general.listen_backlog)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let local_addr = listener.local_addr()?;
@@ -220,7 +233,7 @@ impl Proxy {
                     _ = requested.shutdown_requested.notified() => {}
                 }
             };
-            listener::run(listener, task_shared.clone(), stop).await;
+            listener::run(listener, listening, task_shared.clone(), stop).await;
             for task in background {
                 task.abort();
             }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use super::config::General;
 
@@ -71,6 +71,114 @@ async fn connect_addr(addr: SocketAddr, settings: &SocketSettings) -> io::Result
     };
     settings.apply(SockRef::from(&socket))?;
     socket.connect(addr).await
+}
+
+/// Whether a connection accepted on a listening socket starts with the
+/// listener's TCP_NODELAY, keepalive and TCP_USER_TIMEOUT settings. Linux
+/// copies them (the accepted socket is a clone of the listener's), so
+/// pgcat sets them once on the listener instead of six times per login;
+/// elsewhere each accepted socket gets them itself.
+pub const ACCEPTED_SOCKETS_INHERIT: bool = cfg!(target_os = "linux");
+
+/// Binds the client listener on `addr` (`host:port`; each resolved
+/// address in turn): SO_REUSEADDR as tokio sets it, `settings` on the
+/// listening socket, and a listen queue of `backlog` connections.
+pub async fn listen(
+    addr: &str,
+    settings: &SocketSettings,
+    backlog: u32,
+) -> io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        match listen_addr(addr, settings, backlog) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{addr}: no addresses to listen on"),
+        )
+    }))
+}
+
+fn listen_addr(
+    addr: SocketAddr,
+    settings: &SocketSettings,
+    backlog: u32,
+) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    settings.apply(SockRef::from(&socket))?;
+    socket.bind(addr)?;
+    socket.listen(queue_len(backlog))
+}
+
+/// listen(2) takes an int; the kernel caps it at `net.core.somaxconn`.
+fn queue_len(backlog: u32) -> u32 {
+    backlog.min(i32::MAX as u32)
+}
+
+/// What the listening socket was last given: the accept loop compares it
+/// with the running config at each accept, and after a reload that
+/// changed it, sets the listener again and sets the connections that were
+/// already queued (at most one queue's worth) one by one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    pub settings: SocketSettings,
+    pub backlog: u32,
+    /// Accepts left whose socket may predate the listener's settings.
+    unsure: u32,
+}
+
+impl Listening {
+    pub fn new(settings: SocketSettings, backlog: u32) -> Self {
+        Listening {
+            settings,
+            backlog,
+            unsure: 0,
+        }
+    }
+
+    /// Called for each accepted connection with the settings and backlog
+    /// the config holds now: updates the listener when they changed, and
+    /// sets the connection's own options when it cannot rely on the
+    /// listener's. Errors are the caller's to log; the connection is kept.
+    pub fn accepted(
+        &mut self,
+        listener: &TcpListener,
+        stream: &TcpStream,
+        settings: SocketSettings,
+        backlog: u32,
+    ) -> io::Result<()> {
+        let mut result = Ok(());
+        if settings != self.settings || backlog != self.backlog {
+            result = settings
+                .apply(SockRef::from(listener))
+                .and_then(|()| SockRef::from(listener).listen(queue_len(backlog) as i32));
+            // The queue held at most the larger of the two backlogs (plus
+            // one): those connections were cloned from the old settings.
+            // A listener that could not be set leaves every later
+            // connection to be set on its own.
+            self.unsure = match result {
+                Ok(()) => self.backlog.max(backlog).saturating_add(1),
+                Err(_) => u32::MAX,
+            };
+            self.settings = settings;
+            self.backlog = backlog;
+        }
+        if !ACCEPTED_SOCKETS_INHERIT || self.unsure > 0 {
+            self.unsure = self.unsure.saturating_sub(1);
+            let applied = settings.apply(SockRef::from(stream));
+            result = result.and(applied);
+        }
+        result
+    }
 }
 
 /// What the kernel says about one connection's keepalive settings and
@@ -160,5 +268,82 @@ mod tests {
             assert_eq!(info.user_timeout_ms, 9000);
             assert!(s.nodelay().unwrap());
         }
+    }
+
+    fn settings(idle: u64) -> SocketSettings {
+        SocketSettings {
+            keepalive_idle: Duration::from_secs(idle),
+            keepalive_interval: Duration::from_secs(3),
+            keepalive_count: 4,
+            user_timeout: Some(Duration::from_millis(9000)),
+        }
+    }
+
+    fn idle_of(s: &TcpStream) -> u32 {
+        let info = socket_info(SockRef::from(s)).unwrap();
+        assert!(info.keepalive);
+        assert!(s.nodelay().unwrap());
+        assert_eq!(info.user_timeout_ms, 9000);
+        info.keepalive_idle_s
+    }
+
+    /// The listen queue as `ss` reports it (Send-Q of a listening socket).
+    fn backlog_of(listener: &TcpListener) -> u32 {
+        let port = listener.local_addr().unwrap().port();
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{port}")])
+            .output()
+            .expect("ss (iproute2) must be installed");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let line = text
+            .lines()
+            .next()
+            .unwrap_or_else(|| panic!("no listener in {text:?}"));
+        line.split_whitespace().nth(2).unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_take_the_listeners_settings_and_follow_a_change() {
+        const { assert!(ACCEPTED_SOCKETS_INHERIT, "these tests run on Linux") };
+        let listener = listen("127.0.0.1:0", &settings(7), 300).await.unwrap();
+        assert_eq!(backlog_of(&listener), 300);
+        let port = listener.local_addr().unwrap().port();
+        let mut listening = Listening::new(settings(7), 300);
+
+        // Nothing changed: the accepted socket has the listener's options
+        // without a setsockopt of its own.
+        let _c1 = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (a1, _) = listener.accept().await.unwrap();
+        listening
+            .accepted(&listener, &a1, settings(7), 300)
+            .unwrap();
+        assert_eq!(idle_of(&a1), 7);
+
+        // Two connections wait in the queue, cloned from the old settings,
+        // when a reload changes them: both get the new ones, and so does
+        // a connection that arrives after the listener was set.
+        let _c2 = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let _c3 = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (a2, _) = listener.accept().await.unwrap();
+        assert_eq!(idle_of(&a2), 7, "queued before the change");
+        listening
+            .accepted(&listener, &a2, settings(11), 40)
+            .unwrap();
+        assert_eq!(idle_of(&a2), 11);
+        assert_eq!(backlog_of(&listener), 40);
+        let (a3, _) = listener.accept().await.unwrap();
+        assert_eq!(idle_of(&a3), 7, "queued before the change");
+        listening
+            .accepted(&listener, &a3, settings(11), 40)
+            .unwrap();
+        assert_eq!(idle_of(&a3), 11);
+        let _c4 = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (a4, _) = listener.accept().await.unwrap();
+        assert_eq!(idle_of(&a4), 11, "cloned from the updated listener");
+        listening
+            .accepted(&listener, &a4, settings(11), 40)
+            .unwrap();
+        assert_eq!(idle_of(&a4), 11);
     }
 }

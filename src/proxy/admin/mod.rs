@@ -328,7 +328,7 @@ pub async fn serve(mut stream: Stream, mut buf: BytesMut, login: AdminLogin, sha
     }
     let (_info, _registered) = shared.registry.add_client(NewClient {
         peer: login.peer,
-        local: stream.tcp().local_addr().unwrap_or(login.peer),
+        local: shared.local_addr_of(stream.tcp()).unwrap_or(login.peer),
         tls: stream.tls_description(),
         db: login.database.as_str().into(),
         user: login.user.as_str().into(),

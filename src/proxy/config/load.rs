@@ -172,6 +172,7 @@ impl Validator<'_> {
         }
         for (key, value) in [
             ("max_client_conn", g.max_client_conn as u64),
+            ("listen_backlog", u64::from(g.listen_backlog)),
             ("client_login_timeout", g.client_login_timeout),
             ("max_buffered_message", g.max_buffered_message as u64),
         ] {

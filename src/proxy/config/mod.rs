@@ -111,6 +111,11 @@ pub struct General {
     /// PgBouncer's: client connections at once, logged in or not; the
     /// next one gets 53300 at once.
     pub max_client_conn: usize,
+    /// PgBouncer's: the listen queue, connections the kernel has
+    /// accepted and pgcat has not yet taken (Linux caps it at
+    /// `net.core.somaxconn`). Past it, a connecting client's handshake is
+    /// dropped and retried a second later.
+    pub listen_backlog: u32,
     /// PgBouncer's: a client must finish startup and authentication
     /// within this time (ms).
     pub client_login_timeout: u64,
@@ -249,6 +254,7 @@ impl Default for General {
             track_extra_parameters: Vec::new(),
             max_prepared_statements: 1000,
             max_client_conn: 10_000,
+            listen_backlog: 4096,
             client_login_timeout: 60_000,
             client_idle_timeout: 0,
             stalled_client_timeout: 60_000,

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use socket2::SockRef;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -39,10 +38,9 @@ pub(super) async fn login(
     kill: KillSwitch,
 ) -> Option<Box<Session>> {
     let config = shared.config.load_full();
+    // For the cancel requests this connection may carry; its own socket
+    // options came with the listener's (see `net::Listening`).
     let socket = SocketSettings::from_general(&config.general);
-    if let Err(e) = socket.apply(SockRef::from(&tcp)) {
-        tracing::debug!(%peer, error = %e, "could not set client socket options");
-    }
     let mut buf = BytesMut::new();
     // One deadline for startup and authentication together.
     let deadline = tokio::time::Instant::now()
@@ -290,7 +288,7 @@ pub(super) async fn login(
     let reported = login_settings.reported.clone();
     let (info, registered) = shared.registry.add_client(NewClient {
         peer,
-        local: stream.tcp().local_addr().unwrap_or(peer),
+        local: shared.local_addr_of(stream.tcp()).unwrap_or(peer),
         tls: stream.tls_description(),
         db: pool.settings.db.clone(),
         user: pool.settings.user.clone(),
