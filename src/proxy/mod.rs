@@ -169,8 +169,7 @@ impl Proxy {
     ) -> io::Result<ProxyHandle> {
         let addr = format!("{}:{}", config.general.host, config.general.port);
         let socket = net::SocketSettings::from_general(&config.general);
-        let listening = net::Listening::new(socket, config.general.listen_backlog);
-        let listener = net::listen(&addr, &socket, config.general.listen_backlog)
+        let (listener, listening) = net::listen(&addr, &socket, config.general.listen_backlog)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let local_addr = listener.local_addr()?;

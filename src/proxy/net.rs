@@ -2,6 +2,7 @@
 //! keepalives and TCP_USER_TIMEOUT (set with socket2), and the read-back
 //! of those settings and of TCP_INFO for display.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -48,29 +49,45 @@ impl SocketSettings {
 /// that TCP_USER_TIMEOUT also bounds the handshake. Tries each resolved
 /// address in turn.
 pub async fn connect(host: &str, port: u16, settings: &SocketSettings) -> io::Result<TcpStream> {
+    each_address((host, port), host, "connect to", |addr| async move {
+        let socket = tcp_socket(addr)?;
+        settings.apply(SockRef::from(&socket))?;
+        socket.connect(addr).await
+    })
+    .await
+}
+
+/// Tries `f` on each address `target` resolves to, in turn: the first
+/// success, else the last error (`NAME: no addresses to WHAT` when it
+/// resolves to none).
+async fn each_address<T, F: Future<Output = io::Result<T>>>(
+    target: impl tokio::net::ToSocketAddrs,
+    name: &str,
+    what: &str,
+    mut f: impl FnMut(SocketAddr) -> F,
+) -> io::Result<T> {
     let mut last = None;
-    for addr in tokio::net::lookup_host((host, port)).await? {
-        match connect_addr(addr, settings).await {
-            Ok(s) => return Ok(s),
+    for addr in tokio::net::lookup_host(target).await? {
+        match f(addr).await {
+            Ok(done) => return Ok(done),
             Err(e) => last = Some(e),
         }
     }
     Err(last.unwrap_or_else(|| {
         io::Error::new(
             io::ErrorKind::NotFound,
-            format!("{host}: no addresses to connect to"),
+            format!("{name}: no addresses to {what}"),
         )
     }))
 }
 
-async fn connect_addr(addr: SocketAddr, settings: &SocketSettings) -> io::Result<TcpStream> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
+/// A TCP socket of the address's family.
+fn tcp_socket(addr: SocketAddr) -> io::Result<TcpSocket> {
+    if addr.is_ipv4() {
+        TcpSocket::new_v4()
     } else {
-        TcpSocket::new_v6()?
-    };
-    settings.apply(SockRef::from(&socket))?;
-    socket.connect(addr).await
+        TcpSocket::new_v6()
+    }
 }
 
 /// Whether a connection accepted on a listening socket starts with the
@@ -82,41 +99,27 @@ pub const ACCEPTED_SOCKETS_INHERIT: bool = cfg!(target_os = "linux");
 
 /// Binds the client listener on `addr` (`host:port`; each resolved
 /// address in turn): SO_REUSEADDR as tokio sets it, `settings` on the
-/// listening socket, and a listen queue of `backlog` connections.
+/// listening socket, and a listen queue of `backlog` connections. The
+/// [`Listening`] records what the socket was given.
 pub async fn listen(
     addr: &str,
     settings: &SocketSettings,
     backlog: u32,
-) -> io::Result<TcpListener> {
-    let mut last = None;
-    for addr in tokio::net::lookup_host(addr).await? {
-        match listen_addr(addr, settings, backlog) {
-            Ok(l) => return Ok(l),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{addr}: no addresses to listen on"),
-        )
-    }))
-}
-
-fn listen_addr(
-    addr: SocketAddr,
-    settings: &SocketSettings,
-    backlog: u32,
-) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
+) -> io::Result<(TcpListener, Listening)> {
+    let listener = each_address(addr, addr, "listen on", |a| async move {
+        let socket = tcp_socket(a)?;
+        socket.set_reuseaddr(true)?;
+        settings.apply(SockRef::from(&socket))?;
+        socket.bind(a)?;
+        socket.listen(queue_len(backlog))
+    })
+    .await?;
+    let listening = Listening {
+        settings: *settings,
+        backlog,
+        unsure: 0,
     };
-    socket.set_reuseaddr(true)?;
-    settings.apply(SockRef::from(&socket))?;
-    socket.bind(addr)?;
-    socket.listen(queue_len(backlog))
+    Ok((listener, listening))
 }
 
 /// listen(2) takes an int; the kernel caps it at `net.core.somaxconn`.
@@ -128,23 +131,15 @@ fn queue_len(backlog: u32) -> u32 {
 /// with the running config at each accept, and after a reload that
 /// changed it, sets the listener again and sets the connections that were
 /// already queued (at most one queue's worth) one by one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Listening {
-    pub settings: SocketSettings,
-    pub backlog: u32,
+    settings: SocketSettings,
+    backlog: u32,
     /// Accepts left whose socket may predate the listener's settings.
     unsure: u32,
 }
 
 impl Listening {
-    pub fn new(settings: SocketSettings, backlog: u32) -> Self {
-        Listening {
-            settings,
-            backlog,
-            unsure: 0,
-        }
-    }
-
     /// Called for each accepted connection with the settings and backlog
     /// the config holds now: updates the listener when they changed, and
     /// sets the connection's own options when it cannot rely on the
@@ -305,10 +300,9 @@ mod tests {
     #[tokio::test]
     async fn accepted_sockets_take_the_listeners_settings_and_follow_a_change() {
         const { assert!(ACCEPTED_SOCKETS_INHERIT, "these tests run on Linux") };
-        let listener = listen("127.0.0.1:0", &settings(7), 300).await.unwrap();
+        let (listener, mut listening) = listen("127.0.0.1:0", &settings(7), 300).await.unwrap();
         assert_eq!(backlog_of(&listener), 300);
         let port = listener.local_addr().unwrap().port();
-        let mut listening = Listening::new(settings(7), 300);
 
         // Nothing changed: the accepted socket has the listener's options
         // without a setsockopt of its own.
