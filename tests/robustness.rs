@@ -78,6 +78,53 @@ async fn a_half_sent_large_query_with_the_pool_exhausted_neither_spins_nor_block
     assert!(r.contains(&Reply::Row(vec![Some("2".into())])), "{r:?}");
 }
 
+/// Context switches of every thread of process `pid` so far.
+fn context_switches(pid: u32) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status =
+            std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .filter(|l| l.contains("voluntary_ctxt_switches"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
+}
+
+/// With clients logged in and nothing to do, pgcat sleeps: no thread of
+/// its own ticks a clock (one did, 100 times a second), so what wakes it
+/// is the runtime's and the pools' own timers, a few times a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_pgcat_is_woken_a_few_times_a_second_at_most() {
+    let db = md5_db();
+    let cat = PgcatChild::start(&config_text("", &[spec(&db, 2)]), "warn");
+    let clients = [
+        connect(&cat.conn_str(&db)).await,
+        connect(&cat.conn_str(&db)).await,
+    ];
+    for c in &clients {
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    // Warm connections go back to bb8 after a second or two; then
+    // nothing is due.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = context_switches(cat.pid());
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let woken = context_switches(cat.pid()) - before;
+    let per_second = woken as f64 / started.elapsed().as_secs_f64();
+    assert!(
+        per_second < 20.0,
+        "pgcat's threads were switched in {woken} times in {:?} while idle",
+        started.elapsed()
+    );
+    for c in &clients {
+        c.simple_query("SELECT 2").await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_thousand_silent_connections_cost_little_and_block_nobody() {
     raise_file_limit();
